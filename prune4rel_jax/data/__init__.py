@@ -1,0 +1,34 @@
+"""Datasets: loaders by name, synthetic label noise, and the grain input pipeline.
+
+A loader takes the `config.data` section and returns a `Dataset` whose training labels are the clean ones (or
+the dataset's own real noisy labels, e.g. CIFAR-N's `worse_label`); `load_dataset` then applies the configured
+synthetic noise, seeded, so every host derives the same noisy labels.
+"""
+
+import dataclasses
+
+from prune4rel_jax.data import digits
+from prune4rel_jax.data.base import Dataset
+from prune4rel_jax.data.noise import NOISE_TYPES, corrupt
+from prune4rel_jax.errors import UserError
+from prune4rel_jax.registry import Registry
+
+DATASETS = Registry("dataset")
+
+
+@DATASETS.register("digits")
+def _digits(cfg) -> Dataset:
+  if cfg.noise_type not in NOISE_TYPES:
+    raise UserError(f"data.noise_type={cfg.noise_type!r}: digits has no real noisy labels; use one of "
+                    f"{NOISE_TYPES}")
+  return digits.load()
+
+
+def load_dataset(cfg) -> Dataset:
+  """The dataset named by `cfg.name`, with `cfg.noise_type`/`cfg.noise_rate` noise seeded by `cfg.noise_seed`."""
+  dataset = DATASETS.get(cfg.name)(cfg)
+  if cfg.noise_type in NOISE_TYPES:
+    noisy = corrupt(dataset.train_labels, cfg.noise_type, cfg.noise_rate, dataset.num_classes,
+                    cfg.noise_seed, dataset.asym_map)
+    dataset = dataclasses.replace(dataset, train_labels=noisy)
+  return dataset

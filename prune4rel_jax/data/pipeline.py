@@ -1,0 +1,74 @@
+"""grain input pipelines: a shuffled training stream and a sequential, padded evaluation pass.
+
+Every process computes the same global index stream (indices are cheap) and loads only its own rows of each
+global batch (`parallel.process_rows`), which `parallel.to_global` then assembles into example-sharded arrays.
+"""
+
+from collections.abc import Callable, Iterator, Mapping
+
+import grain
+import numpy as np
+
+from prune4rel_jax import parallel
+from prune4rel_jax.data.augment import BatchRandom
+
+# A view turns this process's uint8 images into one augmented copy (e.g. weak or strong) using `BatchRandom`.
+View = Callable[[np.ndarray, BatchRandom], np.ndarray]
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+  """Every example is seen once per epoch; the last batch of an epoch is completed with the next epoch's first
+  examples instead of being dropped or padded (padding would corrupt BatchNorm statistics)."""
+  return -(-num_examples // batch_size)
+
+
+def train_stream(images, labels: np.ndarray, indices: np.ndarray, *, batch_size: int, seed: int,
+                 views: Mapping[str, View], start_step: int, num_steps: int,
+                 read_threads: int = 1, prefetch: int = 2) -> Iterator[dict[str, np.ndarray]]:
+  """Batches `start_step … start_step+num_steps-1` of a seeded stream that reshuffles `indices` every epoch.
+
+  Each batch holds this process's rows: `index` (position in the full training set), `position` (position in
+  `indices`, which keys per-example learner state such as SOP's u/v), `label` (noisy) and one array per view.
+  The stream is a pure function of (seed, step), so resuming at any step is exact.
+  """
+  indices = np.asarray(indices)
+  rows = parallel.process_rows(batch_size)
+
+  def load(positions: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    local = positions[rows]
+    index = indices[local]
+    raw = images[index]
+    rnd = BatchRandom(rng, rows, batch_size)
+    batch = {"index": index.astype(np.int32), "position": local.astype(np.int32),
+             "label": labels[index].astype(np.int32)}
+    for name, view in views.items():
+      batch[name] = view(raw, rnd)
+    return batch
+
+  dataset = (grain.MapDataset.range(len(indices)).shuffle(seed=seed).repeat(None)
+             .batch(batch_size, drop_remainder=True).seed(seed).random_map(load))
+  dataset = dataset[start_step:start_step + num_steps]
+  return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
+                                                        prefetch_buffer_size=prefetch)))
+
+
+def eval_batches(images, indices: np.ndarray, batch_size: int,
+                 view: View | None = None, seed: int = 0) -> Iterator[dict[str, np.ndarray]]:
+  """One sequential pass over `indices` in global batches of `batch_size`; the last batch is padded with
+  repeats of the first index and `mask` marks the real rows. `view` (e.g. a strong augmentation for Prune4ReL's
+  scoring pass) defaults to the raw images."""
+  rows = parallel.process_rows(batch_size)
+  num_batches = -(-len(indices) // batch_size)
+  padded = np.full(num_batches * batch_size, indices[0] if len(indices) else 0, dtype=np.int64)
+  padded[: len(indices)] = indices
+  mask = np.arange(len(padded)) < len(indices)
+
+  def load(b: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    global_rows = slice(b * batch_size, (b + 1) * batch_size)
+    local = padded[global_rows][rows]
+    raw = images[local]
+    image = raw if view is None else view(raw, BatchRandom(rng, rows, batch_size))
+    return {"image": image, "index": local.astype(np.int32), "mask": mask[global_rows][rows]}
+
+  dataset = grain.MapDataset.range(num_batches).seed(seed).random_map(load)
+  return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)))

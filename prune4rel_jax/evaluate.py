@@ -1,0 +1,31 @@
+"""Evaluation-mode passes over a dataset: test accuracy, and the per-example records selection methods use."""
+
+import jax
+import numpy as np
+
+from prune4rel_jax import parallel
+from prune4rel_jax.data import pipeline
+from prune4rel_jax.learners import Learner
+
+
+def predict_dataset(learner: Learner, state, images, indices: np.ndarray, batch_size: int,
+                    view: pipeline.View | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+  """`logits` and `features` of every example in `indices` (in that order), from one jitted, data-parallel,
+  evaluation-mode pass; `view` optionally augments the images first (Prune4ReL scores a strong view)."""
+  logits, features = [], []
+  sync = parallel.must_sync_each_step(learner.mesh)
+  for batch in pipeline.eval_batches(images, indices, batch_size, view, seed):
+    global_batch = parallel.to_global(learner.mesh, {"image": batch["image"]})
+    out_logits, out_features = learner.predict_batch(state, global_batch["image"])
+    if sync:
+      jax.block_until_ready(out_logits)
+    logits.append(parallel.to_host(out_logits))
+    features.append(parallel.to_host(out_features))
+  n = len(indices)
+  return {"logits": np.concatenate(logits)[:n], "features": np.concatenate(features)[:n]}
+
+
+def accuracy(learner: Learner, state, images, labels: np.ndarray, batch_size: int) -> float:
+  """Top-1 accuracy of `state` on (images, labels), e.g. the clean test split."""
+  logits = predict_dataset(learner, state, images, np.arange(len(labels)), batch_size)["logits"]
+  return float((logits.argmax(-1) == labels).mean())

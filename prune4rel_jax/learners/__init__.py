@@ -1,0 +1,9 @@
+"""Learners by name: `config.learner.name` picks one; `config.learner.<name>` holds its hyperparameters."""
+
+from prune4rel_jax.learners.base import Learner, TrainState
+from prune4rel_jax.learners.ce import CrossEntropy
+from prune4rel_jax.registry import Registry
+
+LEARNERS = Registry("learner")
+for _learner in (CrossEntropy,):
+  LEARNERS.register(_learner.name)(_learner)

@@ -1,0 +1,75 @@
+"""The run directory: resolved config, per-epoch metrics, selected indices, summary and a plot.
+
+Layout of `workdir/`:
+  config.json            the resolved configuration
+  metrics.jsonl          one JSON object per epoch ({"phase": "warmup"|"train", "epoch", "lr", "loss", ...})
+  selected_indices.npy   the selected training indices, in selection order
+  summary.json           test accuracy, subset size, noisy share of the subset, timings
+  curves.png             loss and accuracy per epoch
+Only process 0 writes.
+"""
+
+import json
+import os
+
+import jax
+import numpy as np
+
+
+class RunWriter:
+  def __init__(self, workdir: str, config):
+    self.workdir = workdir
+    self.enabled = jax.process_index() == 0
+    self.records: list[dict] = []
+    if self.enabled:
+      os.makedirs(workdir, exist_ok=True)
+      with open(self.path("config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+      open(self.path("metrics.jsonl"), "w").close()
+
+  def path(self, name: str) -> str:
+    return os.path.join(self.workdir, name)
+
+  def log(self, record: dict) -> None:
+    self.records.append(record)
+    if self.enabled:
+      with open(self.path("metrics.jsonl"), "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+  def save_selection(self, indices: np.ndarray) -> None:
+    if self.enabled:
+      np.save(self.path("selected_indices.npy"), np.asarray(indices, np.int64))
+
+  def finish(self, summary: dict) -> None:
+    if self.enabled:
+      with open(self.path("summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+      plot_curves(self.records, self.path("curves.png"))
+
+
+def plot_curves(records: list[dict], path: str) -> None:
+  """Loss and accuracy per epoch, warm-up and training phases side by side."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+  for phase, style in (("warmup", "--"), ("train", "-")):
+    rows = [r for r in records if r["phase"] == phase]
+    if not rows:
+      continue
+    epochs = [r["epoch"] + 1 for r in rows]
+    ax_loss.plot(epochs, [r["loss"] for r in rows], style, label=f"{phase} loss")
+    ax_acc.plot(epochs, [r["accuracy"] for r in rows], style, label=f"{phase} accuracy (noisy labels)")
+    tested = [r for r in rows if "test_accuracy" in r]
+    if tested:
+      ax_acc.plot([r["epoch"] + 1 for r in tested], [r["test_accuracy"] for r in tested], style + "o",
+                  markersize=3, label=f"{phase} test accuracy (clean)")
+  ax_loss.set(xlabel="epoch", ylabel="loss")
+  ax_acc.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1))
+  for ax in (ax_loss, ax_acc):
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
