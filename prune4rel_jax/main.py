@@ -35,14 +35,34 @@ def main(argv):
   try:
     summary = train_and_evaluate(config, workdir)
   except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    _fail(str(e))
   print(json.dumps(summary, indent=2))
   print(f"clean test accuracy: {summary['test_accuracy']:.4f}  (run directory: {workdir})")
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing with one-line errors. config_flags loads the file lazily and reports an unknown field
+  as a bare AttributeError (with a "did you mean" hint), a bad value as a flags.Error."""
+  if not any(a == "--config" or a.startswith("--config=") for a in argv[1:]):
+    _fail("--config is required, e.g. --config configs/quickstart.py")
+  try:
+    rest = flags.FLAGS(argv)
+    _CONFIG.value.keys()  # the file loads lazily: load it now, not deep inside the run
+    return rest
+  except flags.Error as e:
+    _fail(str(e))
+  except (AttributeError, KeyError) as e:
+    while e.args and isinstance(e.args[0], BaseException):  # ConfigDict wraps a KeyError in an AttributeError
+      e = e.args[0]
+    _fail(f"unknown config field {' '.join(str(e.args[0] if e.args else e).split())}")
+  except OSError as e:
+    _fail(" ".join(str(e).split()))
+
+
+def _fail(message: str):
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
 def run():
-  if not any(a == "--config" or a.startswith("--config=") for a in sys.argv[1:]):
-    print("error: --config is required, e.g. --config configs/quickstart.py", file=sys.stderr)
-    sys.exit(2)
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -23,15 +23,13 @@ def train_learner(config, learner: Learner, state, dataset: Dataset, indices: np
                   key: jax.Array, phase: str, writer: RunWriter, evaluate_test: bool):
   """Train `learner` on `dataset.train_*[indices]` for `epochs` epochs; logs one record per epoch."""
   views = {name: make_view(name, config.data) for name in learner.views}
-  steps = pipeline.steps_per_epoch(len(indices), config.batch_size)
   seed = int(jax.random.randint(jax.random.fold_in(key, 0), (), 0, 2**31 - 1))
   for epoch in range(epochs):
     start = time.perf_counter()
     lr = optim.learning_rate(config.optim, epoch, config.epochs)
-    batches = pipeline.train_stream(dataset.train_images, dataset.train_labels, indices,
-                                    batch_size=config.batch_size, seed=seed, views=views,
-                                    start_step=epoch * steps, num_steps=steps)
-    state, metrics = learner.train_epoch(state, batches, steps, lr, key, f"{phase} epoch {epoch + 1}/{epochs}")
+    data = pipeline.EpochData(dataset.train_images, dataset.train_labels, indices, config.batch_size, seed,
+                              epoch, views, desc=f"{phase} epoch {epoch + 1}/{epochs}")
+    state, metrics = learner.train_epoch(state, data, lr, key)
     record = {"phase": phase, "epoch": epoch, "lr": lr, **metrics}
     if evaluate_test and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == epochs):
       record["test_accuracy"] = evaluate.accuracy(learner, state, dataset.test_images, dataset.test_labels,

@@ -4,6 +4,7 @@ Every process computes the same global index stream (indices are cheap) and load
 global batch (`parallel.process_rows`), which `parallel.to_global` then assembles into example-sharded arrays.
 """
 
+import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 
 import grain
@@ -72,3 +73,27 @@ def eval_batches(images, indices: np.ndarray, batch_size: int,
 
   dataset = grain.MapDataset.range(num_batches).seed(seed).random_map(load)
   return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)))
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochData:
+  """One epoch of training data as a learner sees it: the (sub)set `indices` of the training set, its noisy
+  `labels`, the views to produce, and the epoch's position in a seeded stream. `batches()` is the standard
+  shuffled stream; learners that re-partition the data every epoch (DivideMix) call `train_stream` on their
+  own subsets of `indices`."""
+  images: object
+  labels: np.ndarray
+  indices: np.ndarray
+  batch_size: int
+  seed: int
+  epoch: int
+  views: Mapping[str, View]
+  desc: str
+
+  @property
+  def steps(self) -> int:
+    return steps_per_epoch(len(self.indices), self.batch_size)
+
+  def batches(self) -> Iterator[dict[str, np.ndarray]]:
+    return train_stream(self.images, self.labels, self.indices, batch_size=self.batch_size, seed=self.seed,
+                        views=self.views, start_step=self.epoch * self.steps, num_steps=self.steps)

@@ -17,6 +17,7 @@ import numpy as np
 from flax import struct
 
 from prune4rel_jax import optim, parallel
+from prune4rel_jax.data.pipeline import EpochData
 from prune4rel_jax.progress import Progress
 
 Batch = dict[str, jax.Array]
@@ -81,11 +82,16 @@ class Learner:
     return state.replace(step=state.step + 1, params=jax.tree.map(jnp.add, state.params, updates),
                          batch_stats=batch_stats, opt_state=opt_state)
 
-  def train_epoch(self, state: Any, batches: Iterator[dict[str, np.ndarray]], num_steps: int, lr: float,
-                  key: jax.Array, desc: str,
+  def train_epoch(self, state: Any, data: EpochData, lr: float, key: jax.Array,
                   on_step: Callable[[Batch], None] | None = None) -> tuple[Any, dict[str, float]]:
-    """Run `num_steps` train steps from `batches` at learning rate `lr`; returns the state and mean metrics."""
+    """One epoch at learning rate `lr`; returns the state and the epoch's mean metrics. `on_step` receives each
+    step's per-example outputs (warm-up recorders such as forgetting events)."""
     state = self.with_learning_rate(state, lr)
+    return self.run_steps(state, data.batches(), data.steps, key, data.desc, on_step)
+
+  def run_steps(self, state: Any, batches: Iterator[dict[str, np.ndarray]], num_steps: int, key: jax.Array,
+                desc: str, on_step: Callable[[Batch], None] | None = None) -> tuple[Any, dict[str, float]]:
+    """`num_steps` jitted, data-parallel `train_step`s over `batches`, with a progress line."""
     if self._jit_step is None:
       state_sharding = jax.tree.map(lambda x: x.sharding, state)
       self._jit_step = jax.jit(self.train_step, donate_argnums=0,
