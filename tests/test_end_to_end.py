@@ -1,0 +1,51 @@
+"""The quickstart pipeline, end to end, on the real embedded digits (tiny epochs), and the CLI's bad-input path."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from prune4rel_jax import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _quickstart():
+  sys.path.insert(0, os.path.join(REPO, "configs"))
+  try:
+    import quickstart
+  finally:
+    sys.path.pop(0)
+  return quickstart.get_config()
+
+
+def test_quickstart_writes_a_complete_run_directory(tmp_path):
+  config = _quickstart()
+  config.epochs = 2
+  config.model.small_cnn.width = 8
+  summary = train.train_and_evaluate(config, str(tmp_path))
+  for name in ("config.json", "metrics.jsonl", "selected_indices.npy", "summary.json", "curves.png"):
+    assert (tmp_path / name).exists(), name
+  selected = np.load(tmp_path / "selected_indices.npy")
+  assert len(selected) == len(np.unique(selected)) == summary["subset_size"] == round(0.5 * summary["num_train"])
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["epoch"] for r in records if r["phase"] == "train"] == [0, 1]
+  assert 0.0 <= summary["test_accuracy"] <= 1.0
+  assert abs(summary["noise_rate_full"] - 0.4) < 1e-9  # symmetric noise flips exactly round(0.4·N) labels
+  assert 0.3 < summary["noisy_share_of_subset"] < 0.5  # a uniform subset keeps about the same share
+
+
+def _cli(*args, cwd=REPO):
+  return subprocess.run([sys.executable, "-m", "prune4rel_jax", *args], cwd=cwd, capture_output=True, text=True,
+                        timeout=120)
+
+
+def test_unknown_config_field_fails_with_one_line_naming_it(tmp_path):
+  result = _cli("--config", "configs/quickstart.py", "--config.selection.fractoin=0.3",
+                "--workdir", str(tmp_path / "run"))
+  assert result.returncode == 2
+  assert result.stderr.strip().count("\n") == 0, result.stderr
+  assert "fractoin" in result.stderr and "Traceback" not in result.stderr
+  assert not (tmp_path / "run").exists()

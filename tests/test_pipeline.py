@@ -1,0 +1,71 @@
+import functools
+
+import numpy as np
+
+from prune4rel_jax.data import augment, pipeline
+
+
+def _images(n=10, h=4):
+  return (np.arange(n)[:, None, None, None] * np.ones((1, h, h, 1))).astype(np.uint8)
+
+
+def _stream(indices, start, steps, seed=0, views=None):
+  images = _images(20)
+  labels = np.arange(20) % 3
+  return list(pipeline.train_stream(images, labels, np.asarray(indices), batch_size=4, seed=seed,
+                                    views=views or {"image": lambda x, rnd: x}, start_step=start,
+                                    num_steps=steps))
+
+
+def test_every_example_once_per_epoch_and_positions_map_to_indices():
+  indices = np.array([3, 5, 7, 11, 13, 17, 19, 2, 4, 6])  # 10 examples, batch 4: 3 steps per epoch
+  steps = pipeline.steps_per_epoch(len(indices), 4)
+  assert steps == 3
+  batches = _stream(indices, 0, 5 * steps)
+  seen = np.concatenate([b["index"] for b in batches])
+  for epoch in range(3):  # the first 3 full epochs (10 examples each) are permutations of the subset
+    np.testing.assert_array_equal(np.sort(seen[epoch * 10:(epoch + 1) * 10]), np.sort(indices))
+  for b in batches:
+    np.testing.assert_array_equal(indices[b["position"]], b["index"])
+    np.testing.assert_array_equal(b["image"][:, 0, 0, 0], b["index"])  # image i has pixel value i
+    np.testing.assert_array_equal(b["label"], b["index"] % 3)
+
+
+def test_stream_is_a_pure_function_of_seed_and_step():
+  indices = np.arange(20)
+  view = {"image": functools.partial(augment.weak, crop_padding=1, flip=True)}
+  whole = _stream(indices, 0, 8, views=view)
+  resumed = _stream(indices, 5, 3, views=view)
+  for a, b in zip(whole[5:], resumed):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+  other_seed = _stream(indices, 0, 8, seed=1, views=view)
+  assert any((a["index"] != b["index"]).any() for a, b in zip(whole, other_seed))
+
+
+def test_eval_batches_pad_and_mask():
+  batches = list(pipeline.eval_batches(_images(10), np.arange(10), batch_size=4))
+  assert len(batches) == 3
+  mask = np.concatenate([b["mask"] for b in batches])
+  index = np.concatenate([b["index"] for b in batches])
+  np.testing.assert_array_equal(index[mask], np.arange(10))
+  assert mask.sum() == 10 and len(mask) == 12
+
+
+def test_random_crop_matches_padded_window_reference():
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 255, size=(6, 5, 5, 2), dtype=np.uint8)
+  rnd = augment.BatchRandom(np.random.default_rng(4), slice(0, 6), 6)
+  out = augment.random_crop(images, 2, rnd)
+  offsets = np.random.default_rng(4)
+  dy, dx = offsets.integers(0, 5, size=6), offsets.integers(0, 5, size=6)
+  padded = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)))
+  for i in range(6):
+    np.testing.assert_array_equal(out[i], padded[i, dy[i]:dy[i] + 5, dx[i]:dx[i] + 5])
+
+
+def test_batch_random_rows_do_not_depend_on_process_split():
+  """A process's rows get the same draws whether one or two processes share the global batch."""
+  whole = augment.BatchRandom(np.random.default_rng(1), slice(0, 8), 8).integers(0, 100)
+  second_half = augment.BatchRandom(np.random.default_rng(1), slice(4, 8), 8).integers(0, 100)
+  np.testing.assert_array_equal(whole[4:], second_half)
