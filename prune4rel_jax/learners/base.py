@@ -89,20 +89,26 @@ class Learner:
     state = self.with_learning_rate(state, lr)
     return self.run_steps(state, data.batches(), data.steps, key, data.desc, on_step)
 
-  def run_steps(self, state: Any, batches: Iterator[dict[str, np.ndarray]], num_steps: int, key: jax.Array,
-                desc: str, on_step: Callable[[Batch], None] | None = None) -> tuple[Any, dict[str, float]]:
-    """`num_steps` jitted, data-parallel `train_step`s over `batches`, with a progress line."""
+  def jitted_train_step(self, state: Any):
+    """`train_step` compiled over the mesh: the state keeps its placement (replicated networks, sharded
+    per-example variables) and is donated; per-example outputs stay sharded along the batch."""
     if self._jit_step is None:
       state_sharding = jax.tree.map(lambda x: x.sharding, state)
       self._jit_step = jax.jit(self.train_step, donate_argnums=0,
                                out_shardings=(state_sharding, parallel.replicated(self.mesh),
                                               parallel.example_sharded(self.mesh)))
+    return self._jit_step
+
+  def run_steps(self, state: Any, batches: Iterator[dict[str, np.ndarray]], num_steps: int, key: jax.Array,
+                desc: str, on_step: Callable[[Batch], None] | None = None) -> tuple[Any, dict[str, float]]:
+    """`num_steps` jitted, data-parallel `train_step`s over `batches`, with a progress line."""
+    step_fn = self.jitted_train_step(state)
     sync = parallel.must_sync_each_step(self.mesh)
     progress = Progress(num_steps, desc)
     totals = None
     for _ in range(num_steps):
       batch = parallel.to_global(self.mesh, next(batches))
-      state, metrics, per_example = self._jit_step(state, batch, key)
+      state, metrics, per_example = step_fn(state, batch, key)
       if sync:
         jax.block_until_ready(metrics)
       if on_step is not None:

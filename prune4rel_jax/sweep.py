@@ -1,0 +1,158 @@
+"""A grid of runs — selection methods × learners × fractions × noise settings × seeds — from one config.
+
+  python -m prune4rel_jax.sweep --config configs/quickstart.py --workdir results/digits \\
+      --methods uniform,prune4rel --learners ce,sop_plus --fractions 0.2,0.4,0.6,0.8 --seeds 0,1,2 \\
+      --noises sym:0.2,sym:0.4,asym:0.4
+
+Every cell is an ordinary run (`train.train_and_evaluate`) in `workdir/<noise>/<learner>/<method>/f<fraction>/s<seed>/`;
+cells whose `summary.json` exists are skipped, so an interrupted sweep picks up where it stopped. The results are
+gathered into `results.csv`, `results.md` (mean ± std over seeds) and one plot per noise setting and learner:
+clean test accuracy vs fraction (one line per method) beside the noisy-label share of the selected subsets.
+Config overrides (`--config.epochs=50`) apply to every cell.
+"""
+
+import csv
+import json
+import os
+import sys
+from collections import defaultdict
+
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from prune4rel_jax.errors import UserError
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "base config file", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "sweep directory", required=True)
+_METHODS = flags.DEFINE_list("methods", ["uniform"], "selection methods")
+_LEARNERS = flags.DEFINE_list("learners", ["ce"], "learners")
+_FRACTIONS = flags.DEFINE_list("fractions", ["0.2", "0.4", "0.6", "0.8"], "selection fractions")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "seeds (model, data order and label noise)")
+_NOISES = flags.DEFINE_list("noises", [], "noise settings type:rate (default: the config's)")
+
+FIELDS = ("noise", "learner", "method", "fraction", "seed", "test_accuracy", "best_test_accuracy",
+          "noisy_share_of_subset", "subset_size", "selection_seconds", "train_seconds")
+
+
+def cells(noises, learners, methods, fractions, seeds):
+  for noise in noises:
+    for learner in learners:
+      for method in methods:
+        for fraction in fractions:
+          for seed in seeds:
+            yield noise, learner, method, fraction, seed
+
+
+def cell_config(base, noise: str, learner: str, method: str, fraction: float, seed: int):
+  config = base.copy_and_resolve_references()
+  config.data.noise_type, rate = noise.split(":")
+  config.data.noise_rate = float(rate)
+  config.learner.name, config.selection.name = learner, method
+  config.selection.fraction = fraction
+  config.seed = config.data.noise_seed = seed
+  return config
+
+
+def run_cell(config, workdir: str) -> dict:
+  summary_path = os.path.join(workdir, "summary.json")
+  if os.path.exists(summary_path):
+    with open(summary_path) as f:
+      return json.load(f)
+  from prune4rel_jax.train import train_and_evaluate
+  return train_and_evaluate(config, workdir)
+
+
+def aggregate(rows: list[dict]) -> dict:
+  """(noise, learner, method, fraction) → mean/std of accuracy and noisy share over seeds."""
+  groups = defaultdict(list)
+  for r in rows:
+    groups[(r["noise"], r["learner"], r["method"], r["fraction"])].append(r)
+  out = {}
+  for key, group in groups.items():
+    acc = np.array([g["test_accuracy"] for g in group], float)
+    share = np.array([g["noisy_share_of_subset"] for g in group if g["noisy_share_of_subset"] is not None], float)
+    out[key] = {"acc_mean": acc.mean(), "acc_std": acc.std(), "n": len(group),
+                "share_mean": share.mean() if len(share) else float("nan")}
+  return out
+
+
+def write_tables(rows: list[dict], workdir: str) -> None:
+  with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=FIELDS)
+    writer.writeheader()
+    writer.writerows({k: r[k] for k in FIELDS} for r in rows)
+  stats = aggregate(rows)
+  fractions = sorted({k[3] for k in stats})
+  lines = []
+  for noise, learner in sorted({(k[0], k[1]) for k in stats}):
+    lines += [f"### noise {noise}, learner {learner}", "",
+              "| method | " + " | ".join(f"f={f:g}" for f in fractions) + " |",
+              "|---|" + "---|" * len(fractions)]
+    for method in sorted({k[2] for k in stats if k[:2] == (noise, learner)}):
+      cells_text = []
+      for fr in fractions:
+        s = stats.get((noise, learner, method, fr))
+        cells_text.append("—" if s is None else
+                          f"{100 * s['acc_mean']:.1f} ± {100 * s['acc_std']:.1f} "
+                          f"(noisy {100 * s['share_mean']:.0f}%, n={s['n']})")
+      lines.append(f"| {method} | " + " | ".join(cells_text) + " |")
+    lines.append("")
+  with open(os.path.join(workdir, "results.md"), "w") as f:
+    f.write("Clean test accuracy (%), mean ± std over seeds; in brackets the noisy-label share of the selected "
+            "subset.\n\n" + "\n".join(lines))
+
+
+def plot(rows: list[dict], workdir: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  stats = aggregate(rows)
+  for noise, learner in sorted({(k[0], k[1]) for k in stats}):
+    fig, (ax_acc, ax_share) = plt.subplots(1, 2, figsize=(10, 4))
+    for method in sorted({k[2] for k in stats if k[:2] == (noise, learner)}):
+      keys = sorted(k for k in stats if k[:3] == (noise, learner, method))
+      fr = [k[3] for k in keys]
+      mean = np.array([stats[k]["acc_mean"] for k in keys]) * 100
+      std = np.array([stats[k]["acc_std"] for k in keys]) * 100
+      ax_acc.errorbar(fr, mean, yerr=std, marker="o", capsize=3, label=method)
+      ax_share.plot(fr, [100 * stats[k]["share_mean"] for k in keys], marker="o", label=method)
+    ax_acc.set(xlabel="selection fraction", ylabel="clean test accuracy (%)", title=f"{noise}, {learner}")
+    ax_share.set(xlabel="selection fraction", ylabel="noisy labels in subset (%)", title="noisy-label share")
+    for ax in (ax_acc, ax_share):
+      ax.grid(alpha=0.3)
+      ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(workdir, f"accuracy_{noise.replace(':', '')}_{learner}.png"), dpi=100)
+    plt.close(fig)
+
+
+def main(argv):
+  del argv
+  base = _CONFIG.value
+  workdir = _WORKDIR.value
+  noises = _NOISES.value or [f"{base.data.noise_type}:{base.data.noise_rate}"]
+  fractions = [float(f) for f in _FRACTIONS.value]
+  seeds = [int(s) for s in _SEEDS.value]
+  grid = list(cells(noises, _LEARNERS.value, _METHODS.value, fractions, seeds))
+  rows = []
+  try:
+    for i, (noise, learner, method, fraction, seed) in enumerate(grid):
+      cell_dir = os.path.join(workdir, noise.replace(":", ""), learner, method, f"f{fraction:g}", f"s{seed}")
+      print(f"[sweep] cell {i + 1}/{len(grid)}: noise={noise} learner={learner} method={method} "
+            f"fraction={fraction:g} seed={seed}", flush=True)
+      summary = run_cell(cell_config(base, noise, learner, method, fraction, seed), cell_dir)
+      rows.append({"noise": noise, "learner": learner, "method": method, "fraction": fraction, "seed": seed,
+                   **{k: summary[k] for k in FIELDS[5:]}})
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  os.makedirs(workdir, exist_ok=True)
+  write_tables(rows, workdir)
+  plot(rows, workdir)
+  print(open(os.path.join(workdir, "results.md")).read())
+
+
+if __name__ == "__main__":
+  app.run(main)
