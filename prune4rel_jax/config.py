@@ -61,6 +61,12 @@ def default_config() -> ml_collections.ConfigDict:
   ))
   for name in METHODS.names():
     c.selection[name] = METHODS.get(name).defaults()
+
+  c.checkpoint = ml_collections.ConfigDict(dict(
+      every_epochs=1,        # save after every n-th training epoch (0: only after selection and at the end)
+      keep=2,                # newest checkpoints kept (the older one is the fallback for a damaged newest)
+      async_save=True,       # write in a background thread while training continues
+  ))
   return c
 
 
@@ -83,5 +89,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise UserError(f"{field}={value} must be >= 0")
   if config.optim.schedule not in SCHEDULES:
     raise UserError(f"optim.schedule={config.optim.schedule!r}; expected one of {SCHEDULES}")
+  if config.checkpoint.every_epochs < 0 or config.checkpoint.keep < 1:
+    raise UserError(f"checkpoint.every_epochs={config.checkpoint.every_epochs} must be >= 0 and "
+                    f"checkpoint.keep={config.checkpoint.keep} >= 1")
   if config.optim.lr <= 0:
     raise UserError(f"optim.lr={config.optim.lr} must be positive")

@@ -9,7 +9,7 @@ import os
 import sys
 import time
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from prune4rel_jax.errors import UserError
@@ -17,6 +17,9 @@ from prune4rel_jax.errors import UserError
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py)",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (default: runs/<dataset>-<method>-<learner>-<time>)")
+_RESUME = flags.DEFINE_bool("resume", False, "resume the run in --workdir even if its config differs from this one")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "delete the run in --workdir (files and checkpoints) and start "
+                                                   "afresh")
 
 
 def default_workdir(config) -> str:
@@ -28,16 +31,46 @@ def default_workdir(config) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if _RESUME.value and _OVERWRITE.value:
+    _fail("--resume and --overwrite exclude each other")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
+  initialize_distributed()
+  from prune4rel_jax.checkpoint import Preempted
   from prune4rel_jax.train import train_and_evaluate  # imported after flag parsing: JAX starts here
 
   config = _CONFIG.value
   workdir = _WORKDIR.value or default_workdir(config)
+  existing = "resume" if _RESUME.value else "overwrite" if _OVERWRITE.value else "auto"
   try:
-    summary = train_and_evaluate(config, workdir)
+    summary = train_and_evaluate(config, workdir, existing)
   except UserError as e:
     _fail(str(e))
+  except Preempted as e:
+    print(f"preempted: {e}", file=sys.stderr)
+    sys.exit(143)  # 128 + SIGTERM, what schedulers expect from a job that stopped on SIGTERM
   print(json.dumps(summary, indent=2))
   print(f"clean test accuracy: {summary['test_accuracy']:.4f}  (run directory: {workdir})")
+
+
+def initialize_distributed() -> None:
+  """Multi-host runs (launch/*): with PRUNE4REL_DISTRIBUTED=1 every process joins one JAX runtime before any
+  device is touched. On Cloud TPU and SLURM JAX finds the coordinator, process count and id itself; elsewhere
+  JAX_COORDINATOR_ADDRESS (host:port of process 0), PRUNE4REL_NUM_PROCESSES and PRUNE4REL_PROCESS_ID say them."""
+  if os.environ.get("PRUNE4REL_DISTRIBUTED", "0") != "1":
+    return
+  import jax
+
+  explicit = {}
+  for name, env in (("num_processes", "PRUNE4REL_NUM_PROCESSES"), ("process_id", "PRUNE4REL_PROCESS_ID")):
+    if os.environ.get(env):
+      try:
+        explicit[name] = int(os.environ[env])
+      except ValueError:
+        _fail(f"{env}={os.environ[env]!r} must be an integer")
+  jax.distributed.initialize(**explicit)
+  print(f"process {jax.process_index()}/{jax.process_count()}: {jax.local_device_count()} local of "
+        f"{jax.device_count()} devices", flush=True)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -9,6 +9,7 @@ Layout of `workdir/`:
 Only process 0 writes.
 """
 
+import contextlib
 import json
 import os
 
@@ -36,15 +37,33 @@ class RunWriter:
       with open(self.path("metrics.jsonl"), "a") as f:
         f.write(json.dumps(record) + "\n")
 
+  def restore(self, records: list[dict]) -> None:
+    """Continue a resumed run: its log is the checkpoint's records (epochs logged after it are dropped)."""
+    self.records = list(records)
+    if self.enabled:
+      with atomic_write(self.path("metrics.jsonl")) as f:
+        f.writelines(json.dumps(r) + "\n" for r in self.records)
+
   def save_selection(self, indices: np.ndarray) -> None:
     if self.enabled:
-      np.save(self.path("selected_indices.npy"), np.asarray(indices, np.int64))
+      with atomic_write(self.path("selected_indices.npy"), "wb") as f:
+        np.save(f, np.asarray(indices, np.int64))
 
   def finish(self, summary: dict) -> None:
+    """Written last and atomically: a `summary.json` on disk is always a complete result."""
     if self.enabled:
-      with open(self.path("summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
       plot_curves(self.records, self.path("curves.png"))
+      with atomic_write(self.path("summary.json")) as f:
+        json.dump(summary, f, indent=2)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str, mode: str = "w"):
+  """Write to a temporary file beside `path`, then rename it over `path`: readers never see half a file."""
+  tmp = f"{path}.tmp"
+  with open(tmp, mode) as f:
+    yield f
+  os.replace(tmp, path)
 
 
 def plot_curves(records: list[dict], path: str) -> None:

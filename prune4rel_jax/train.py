@@ -4,11 +4,13 @@
 """
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
 
-from prune4rel_jax import evaluate, optim, parallel
+from prune4rel_jax import checkpoint, evaluate, optim, parallel
 from prune4rel_jax.config import validate
 from prune4rel_jax.data import Dataset, load_dataset, pipeline
 from prune4rel_jax.data.augment import make_view
@@ -16,20 +18,24 @@ from prune4rel_jax.errors import UserError
 from prune4rel_jax.learners import LEARNERS, Learner
 from prune4rel_jax.models import create_model
 from prune4rel_jax.reporting import RunWriter
-from prune4rel_jax.selection import METHODS, SelectionInputs, budget_for
+from prune4rel_jax.selection import METHODS, SelectionInputs, budget_for, records
 
 
 def train_learner(config, learner: Learner, state, dataset: Dataset, indices: np.ndarray, epochs: int,
-                  key: jax.Array, phase: str, writer: RunWriter, evaluate_test: bool):
-  """Train `learner` on `dataset.train_*[indices]` for `epochs` epochs; logs one record per epoch."""
+                  key: jax.Array, phase: str, writer: RunWriter, evaluate_test: bool, start_epoch: int = 0,
+                  after_epoch: Callable[[int, Any], None] | None = None,
+                  on_step: Callable[[dict[str, jax.Array]], None] | None = None):
+  """Train `learner` on `dataset.train_*[indices]` for epochs `start_epoch … epochs-1`; logs one record per
+  epoch, then calls `after_epoch(epoch, state)` (checkpointing). `on_step` receives every step's per-example
+  outputs (warm-up recorders)."""
   views = {name: make_view(name, config.data) for name in learner.views}
   seed = int(jax.random.randint(jax.random.fold_in(key, 0), (), 0, 2**31 - 1))
-  for epoch in range(epochs):
+  for epoch in range(start_epoch, epochs):
     start = time.perf_counter()
     lr = optim.learning_rate(config.optim, epoch, config.epochs)
     data = pipeline.EpochData(dataset.train_images, dataset.train_labels, indices, config.batch_size, seed,
                               epoch, views, desc=f"{phase} epoch {epoch + 1}/{epochs}")
-    state, metrics = learner.train_epoch(state, data, lr, key)
+    state, metrics = learner.train_epoch(state, data, lr, key, on_step)
     record = {"phase": phase, "epoch": epoch, "lr": lr, **metrics}
     if evaluate_test and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == epochs):
       record["test_accuracy"] = evaluate.accuracy(learner, state, dataset.test_images, dataset.test_labels,
@@ -40,24 +46,36 @@ def train_learner(config, learner: Learner, state, dataset: Dataset, indices: np
     writer.log(record)
     print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
           flush=True)
+    if after_epoch is not None:
+      after_epoch(epoch, state)
   return state
 
 
 def warm_up(config, dataset: Dataset, model, mesh, method, key: jax.Array, writer: RunWriter) -> SelectionInputs:
-  """Train the learner on the full noisy set for `selection.warmup_epochs`, then record what `method` needs."""
+  """Train the learner on the full noisy set for `selection.warmup_epochs` (`method.warmup_runs` times, each from
+  a fresh initialisation), then record only the `SelectionInputs` fields `method` needs."""
   learner = LEARNERS.get(config.learner.name)(config, model, dataset.num_classes, mesh)
   everything = np.arange(dataset.num_train)
-  state = learner.init(jax.random.fold_in(key, 1), dataset.image_shape, dataset.num_train)
-  state = train_learner(config, learner, state, dataset, everything, config.selection.warmup_epochs, key,
-                        "warmup", writer, evaluate_test=False)
   view = None if method.view == "test" else make_view(method.view, config.data)
-  records = evaluate.predict_dataset(learner, state, dataset.train_images, everything, config.eval_batch_size,
-                                     view, seed=config.seed)
-  return SelectionInputs(labels=dataset.train_labels, num_classes=dataset.num_classes,
-                         logits=records["logits"], features=records["features"])
+  runs = []
+  for run in range(method.warmup_runs):
+    run_key = jax.random.fold_in(key, run)
+    forgetting = (records.ForgettingRecorder(dataset.num_train, mesh) if "forgetting_events" in method.needs
+                  else None)
+    state = learner.init(jax.random.fold_in(run_key, 1), dataset.image_shape, dataset.num_train)
+    state = train_learner(config, learner, state, dataset, everything, config.selection.warmup_epochs, run_key,
+                          "warmup", writer, evaluate_test=False, on_step=forgetting)
+    predictions = None
+    if method.needs & records.PREDICTION_FIELDS:
+      predictions = evaluate.predict_dataset(learner, state, dataset.train_images, everything,
+                                             config.eval_batch_size, view, seed=config.seed)
+    runs.append(records.record_run(method.needs, dataset.train_labels, mesh, predictions, forgetting))
+  return SelectionInputs(labels=dataset.train_labels, num_classes=dataset.num_classes, **records.combine_runs(runs))
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
+def train_and_evaluate(config, workdir: str, existing: str = "auto") -> dict:
+  """The whole pipeline; resumes from the newest checkpoint in `workdir` if there is one. `existing` says what to
+  do with a run already in `workdir`: auto | resume | overwrite (`checkpoint.prepare_run_dir`)."""
   validate(config)
   mesh = parallel.make_mesh()
   parallel.check_divisible(config.batch_size, mesh, "batch_size")
@@ -66,28 +84,56 @@ def train_and_evaluate(config, workdir: str) -> dict:
   model = create_model(config.model, dataset.num_classes, dataset.mean, dataset.std)
   method = METHODS.get(config.selection.name)(config.selection, mesh, config.seed)
   budget = budget_for(config.selection.fraction, dataset.num_train)
+  if config.selection.balance and budget < dataset.num_classes:
+    raise UserError(f"selection.fraction={config.selection.fraction} keeps {budget} of {dataset.num_train} "
+                    f"examples, fewer than the {dataset.num_classes} classes selection.balance=True gives a quota "
+                    f"each; raise selection.fraction or set selection.balance=False")
+  checkpoint.prepare_run_dir(workdir, config, existing)  # everything above only reads: bad input writes nothing
   writer = RunWriter(workdir, config)
   warmup_key, train_key = jax.random.split(jax.random.key(config.seed))
-
-  start = time.perf_counter()
-  if method.needs:
-    inputs = warm_up(config, dataset, model, mesh, method, warmup_key, writer)
-  else:
-    inputs = SelectionInputs(labels=dataset.train_labels, num_classes=dataset.num_classes)
-  selected = np.asarray(method.select(inputs, budget), np.int64)
-  selection_seconds = time.perf_counter() - start
-  if len(selected) != budget or len(np.unique(selected)) != budget:
-    raise RuntimeError(f"{method.name} returned {len(selected)} indices ({len(np.unique(selected))} distinct) "
-                       f"for a budget of {budget}")
-  writer.save_selection(selected)
-
   # Fresh networks (and per-example state) for the subset: nothing carries over from the warm-up.
-  start = time.perf_counter()
   learner = LEARNERS.get(config.learner.name)(config, model, dataset.num_classes, mesh)
-  state = learner.init(train_key, dataset.image_shape, len(selected))
-  state = train_learner(config, learner, state, dataset, selected, config.epochs, train_key, "train", writer,
-                        evaluate_test=True)
-  train_seconds = time.perf_counter() - start
+
+  with checkpoint.Checkpoints(workdir, config.checkpoint) as checkpoints, checkpoint.StopOnSigterm() as stop:
+    snapshot = checkpoints.restore_latest(lambda n: learner.init(train_key, dataset.image_shape, n))
+    if snapshot is None:
+      start = time.perf_counter()
+      if method.needs:
+        inputs = warm_up(config, dataset, model, mesh, method, warmup_key, writer)
+      else:
+        inputs = SelectionInputs(labels=dataset.train_labels, num_classes=dataset.num_classes)
+      selected = np.asarray(method.select(inputs, budget), np.int64)
+      if len(selected) != budget or len(np.unique(selected)) != budget:
+        raise RuntimeError(f"{method.name} returned {len(selected)} indices ({len(np.unique(selected))} distinct) "
+                           f"for a budget of {budget}")
+      timings = {"selection_seconds": time.perf_counter() - start, "train_seconds": 0.0}
+      state = learner.init(train_key, dataset.image_shape, len(selected))
+      checkpoints.save(0, state, selected, inputs, train_key, {**timings, "records": writer.records})
+      start_epoch = 0
+    else:
+      print(f"resuming {workdir} from checkpoint {snapshot.epoch} ({snapshot.epoch}/{config.epochs} epochs done)",
+            flush=True)
+      state, selected, inputs, train_key, start_epoch = (snapshot.state, snapshot.selected, snapshot.inputs,
+                                                          snapshot.key, snapshot.epoch)
+      writer.restore(snapshot.meta["records"])
+      timings = {k: snapshot.meta[k] for k in ("selection_seconds", "train_seconds")}
+    writer.save_selection(selected)
+
+    start = time.perf_counter()
+
+    def after_epoch(epoch: int, state) -> None:
+      stopping = stop.requested()
+      if stopping or checkpoints.due(epoch, config.epochs):
+        train_seconds = timings["train_seconds"] + time.perf_counter() - start
+        checkpoints.save(epoch + 1, state, selected, inputs, train_key,
+                         {**timings, "train_seconds": train_seconds, "records": writer.records})
+      if stopping:
+        raise checkpoint.Preempted(f"stopped after training epoch {epoch + 1}/{config.epochs} (checkpoint "
+                                   f"{epoch + 1}); rerun the same command to resume")
+
+    state = train_learner(config, learner, state, dataset, selected, config.epochs, train_key, "train", writer,
+                          evaluate_test=True, start_epoch=start_epoch, after_epoch=after_epoch)
+    train_seconds = timings["train_seconds"] + time.perf_counter() - start
 
   tested = [r["test_accuracy"] for r in writer.records if r["phase"] == "train" and "test_accuracy" in r]
   noisy = dataset.noisy_mask()
@@ -97,7 +143,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       "noise_type": config.data.noise_type, "noise_rate_full": None if noisy is None else float(noisy.mean()),
       "noisy_share_of_subset": None if noisy is None else float(noisy[selected].mean()),
       "test_accuracy": tested[-1] if tested else None, "best_test_accuracy": max(tested) if tested else None,
-      "selection_seconds": selection_seconds, "train_seconds": train_seconds,
+      "selection_seconds": timings["selection_seconds"], "train_seconds": train_seconds,
       "num_devices": int(mesh.devices.size), "seed": config.seed,
   }
   writer.finish(summary)

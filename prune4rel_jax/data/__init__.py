@@ -6,6 +6,7 @@ synthetic noise, seeded, so every host derives the same noisy labels.
 """
 
 import dataclasses
+import os
 
 from prune4rel_jax.data import digits
 from prune4rel_jax.data.base import Dataset
@@ -26,7 +27,10 @@ def _digits(cfg) -> Dataset:
 
 def load_dataset(cfg) -> Dataset:
   """The dataset named by `cfg.name`, with `cfg.noise_type`/`cfg.noise_rate` noise seeded by `cfg.noise_seed`."""
-  dataset = DATASETS.get(cfg.name)(cfg)
+  loader = DATASETS.get(cfg.name)
+  if cfg.dir and not os.path.isdir(cfg.dir):
+    raise UserError(f"data.dir={cfg.dir!r} is not a directory; expected the folder holding {cfg.name}'s files")
+  dataset = loader(cfg)
   if cfg.noise_type in NOISE_TYPES:
     noisy = corrupt(dataset.train_labels, cfg.noise_type, cfg.noise_rate, dataset.num_classes,
                     cfg.noise_seed, dataset.asym_map)

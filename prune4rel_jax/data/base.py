@@ -1,6 +1,7 @@
 """The in-memory record every dataset loader returns, and its validation."""
 
 import dataclasses
+import os
 
 import numpy as np
 
@@ -38,6 +39,10 @@ class Dataset:
                         f"{images.dtype} {tuple(images.shape)}")
       if len(images) != len(labels):
         raise UserError(f"{self.name} {split}: {len(images)} images but {len(labels)} labels")
+    channels = self.train_images.shape[-1]
+    if len(self.mean) != channels or len(self.std) != channels:
+      raise UserError(f"{self.name}: images have {channels} channels but mean/std have {len(self.mean)}/"
+                      f"{len(self.std)} entries")
     if self.train_images.shape[1:] != self.test_images.shape[1:]:
       raise UserError(f"{self.name}: train images are {self.train_images.shape[1:]} but test images are "
                       f"{self.test_images.shape[1:]}")
@@ -58,6 +63,13 @@ class Dataset:
     if self.train_clean_labels is None:
       return None
     return self.train_labels != self.train_clean_labels
+
+
+def require_file(path: str, what: str) -> str:
+  """`path`, or a UserError naming the missing file, for loaders to call before reading it."""
+  if not os.path.isfile(path):
+    raise UserError(f"{what}: {path} does not exist; check data.dir")
+  return path
 
 
 def check_labels(labels: np.ndarray, num_classes: int, what: str) -> None:

@@ -18,6 +18,7 @@ from flax import struct
 
 from prune4rel_jax import optim, parallel
 from prune4rel_jax.data.pipeline import EpochData
+from prune4rel_jax.errors import UserError
 from prune4rel_jax.progress import Progress
 
 Batch = dict[str, jax.Array]
@@ -105,7 +106,7 @@ class Learner:
     step_fn = self.jitted_train_step(state)
     sync = parallel.must_sync_each_step(self.mesh)
     progress = Progress(num_steps, desc)
-    totals = None
+    totals, losses = None, []
     for _ in range(num_steps):
       batch = parallel.to_global(self.mesh, next(batches))
       state, metrics, per_example = step_fn(state, batch, key)
@@ -114,8 +115,13 @@ class Learner:
       if on_step is not None:
         on_step(per_example)
       totals = metrics if totals is None else jax.tree.map(jnp.add, totals, metrics)
+      losses.append(metrics.get("loss"))  # stays on device; read only if the epoch's total is not finite
       progress.update(1, lambda: {k: float(v) for k, v in metrics.items()})
     means = {k: float(v) / max(num_steps, 1) for k, v in (totals or {}).items()}
+    if not np.isfinite(means.get("loss", 0.0)):
+      step, value = next(((i, float(v)) for i, v in enumerate(losses) if not np.isfinite(float(v))),
+                         (num_steps - 1, means["loss"]))  # finite losses whose sum overflowed
+      raise UserError(f"{desc}, step {step + 1}/{num_steps}: the loss is {value}; lower optim.lr or check the data")
     return state, means
 
   # ---- prediction -----------------------------------------------------------------------------------------

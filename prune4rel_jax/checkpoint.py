@@ -1,0 +1,207 @@
+"""Checkpoints and the run directory's resume rules: one orbax `CheckpointManager` behind a small interface.
+
+A checkpoint holds everything the rest of a run depends on:
+  state   the learner state of the training phase (an opaque pytree: networks, BN statistics, optimiser,
+          per-example variables), restored with the placement of a freshly initialised state;
+  arrays  the selected indices, the warm-up records they were chosen from (`SelectionInputs`) and the phase's
+          RNG key;
+  meta    JSON: the phase, the number of completed epochs, the epoch records logged so far and timings.
+The data stream is a pure function of (seed, step) (`pipeline.train_stream`) and every step key is
+`fold_in(key, step)`, so these pin the rest of the run: a resumed run ends bit-identical to an uninterrupted one.
+
+Checkpoint numbers are save points, not optimiser steps: 0 is the selection (fresh state, epoch 0), n the end of
+training epoch n. Saves are asynchronous (orbax copies the arrays to host memory before `save` returns, so the
+next step may donate them) and collective over processes; orbax commits a checkpoint by renaming its temporary
+directory, so a save cut short by a kill is never listed, and a damaged committed one is skipped on restore.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+from prune4rel_jax.errors import UserError
+from prune4rel_jax.selection import SelectionInputs
+
+SUBDIR = "checkpoints"
+# Files a run writes into its directory (reporting.RunWriter); `--overwrite` removes exactly these.
+RUN_FILES = ("config.json", "metrics.jsonl", "selected_indices.npy", "summary.json", "curves.png")
+# Config sections that do not change results: a run may resume with different values.
+NOT_COMPARED = ("checkpoint",)
+
+
+@dataclasses.dataclass
+class Snapshot:
+  """A restored checkpoint."""
+  epoch: int                  # completed training epochs (= the checkpoint's number)
+  state: Any
+  selected: np.ndarray
+  inputs: SelectionInputs
+  key: jax.Array
+  meta: dict                  # records (epoch log so far), selection_seconds, train_seconds
+
+
+class Checkpoints:
+  """Save points of one run under `workdir/checkpoints`, keeping the newest `cfg.keep` (`config.checkpoint`)."""
+
+  def __init__(self, workdir: str, cfg):
+    self.cfg = cfg
+    self.directory = os.path.abspath(os.path.join(workdir, SUBDIR))
+    options = ocp.CheckpointManagerOptions(max_to_keep=cfg.keep, create=True, cleanup_tmp_directories=True,
+                                           enable_async_checkpointing=cfg.async_save)
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "arrays", "meta"))
+
+  def due(self, epoch: int, epochs: int) -> bool:
+    """Whether to save after (0-based) `epoch`: every `every_epochs` and at the end of the phase."""
+    return epoch + 1 == epochs or (self.cfg.every_epochs > 0 and (epoch + 1) % self.cfg.every_epochs == 0)
+
+  def save(self, epoch: int, state, selected: np.ndarray, inputs: SelectionInputs, key: jax.Array,
+           meta: dict) -> None:
+    arrays = {"selected": np.asarray(selected, np.int64), "key": np.asarray(jax.random.key_data(key)),
+              **{f"inputs.{k}": np.asarray(v) for k, v in _array_fields(inputs).items()}}
+    meta = {**meta, "epoch": epoch, "num_classes": inputs.num_classes}
+    self.manager.save(epoch, force=True, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), arrays=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)))
+
+  def restore_latest(self, fresh_state: Callable[[int], Any]) -> Snapshot | None:
+    """The newest checkpoint that restores completely, or None. `fresh_state(num_selected)` gives a state of the
+    right structure and placement. A checkpoint that fails to restore (truncated or missing files) is moved
+    aside to `checkpoints/damaged_<n>` and the previous one is tried."""
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        return self._restore(step, fresh_state)
+      except Exception as e:  # orbax/tensorstore raise many types for damaged files  # noqa: BLE001
+        print(f"checkpoint {step} in {self.directory} is damaged ({type(e).__name__}: "
+              f"{' '.join(str(e).split())[:200]}); trying an older one", flush=True)
+        self._set_aside(step)
+    return None
+
+  def _restore(self, step: int, fresh_state: Callable[[int], Any]) -> Snapshot:
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        arrays=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+    arrays = {k: np.asarray(v) for k, v in restored.arrays.items()}
+    meta = restored.meta
+    like = fresh_state(len(arrays["selected"]))
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like)
+    state = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
+    inputs = SelectionInputs(num_classes=meta["num_classes"],
+                             **{k.removeprefix("inputs."): v for k, v in arrays.items() if k.startswith("inputs.")})
+    return Snapshot(epoch=meta["epoch"], state=state, selected=arrays["selected"], inputs=inputs,
+                    key=jax.random.wrap_key_data(arrays["key"]), meta=meta)
+
+  def _set_aside(self, step: int) -> None:
+    if jax.process_index() == 0:
+      os.replace(os.path.join(self.directory, str(step)), os.path.join(self.directory, f"damaged_{step}"))
+    _barrier(f"set_aside_{step}")
+    self.manager.reload()
+
+  def close(self) -> None:
+    """Wait for pending asynchronous saves."""
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+def _array_fields(inputs: SelectionInputs) -> dict[str, np.ndarray]:
+  return {f.name: getattr(inputs, f.name) for f in dataclasses.fields(inputs)
+          if isinstance(getattr(inputs, f.name), np.ndarray)}
+
+
+# ---- the run directory ------------------------------------------------------------------------------------------
+def prepare_run_dir(workdir: str, config, existing: str = "auto") -> None:
+  """Decide what to do with a run directory that already holds a run. `existing`:
+    auto       resume if the stored config equals this one (outside `NOT_COMPARED`), refuse otherwise;
+    resume     resume whatever the stored config;
+    overwrite  delete the previous run's files and checkpoints and start afresh.
+  A stale `summary.json` is always removed first, so a result on disk is always the result of this config."""
+  if existing not in ("auto", "resume", "overwrite"):
+    raise ValueError(f"existing={existing!r}; expected auto, resume or overwrite")
+  stored_path = os.path.join(workdir, "config.json")
+  if existing == "overwrite":
+    if jax.process_index() == 0:
+      for name in RUN_FILES:
+        if os.path.exists(os.path.join(workdir, name)):
+          os.remove(os.path.join(workdir, name))
+      shutil.rmtree(os.path.join(workdir, SUBDIR), ignore_errors=True)
+  elif existing == "auto" and os.path.exists(stored_path):
+    with open(stored_path) as f:
+      stored = json.load(f)
+    current = json.loads(config.to_json_best_effort())
+    changed = _differences(_comparable(stored), _comparable(current))
+    if changed:
+      shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+      raise UserError(f"run directory {workdir} holds a run with a different config ({shown}); pass --resume to "
+                      f"continue it with this config, --overwrite to start afresh, or choose another --workdir")
+  if jax.process_index() == 0 and os.path.exists(os.path.join(workdir, "summary.json")):
+    os.remove(os.path.join(workdir, "summary.json"))
+  _barrier("prepare_run_dir")
+
+
+def _comparable(config: dict) -> dict:
+  return {k: v for k, v in config.items() if k not in NOT_COMPARED}
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+  """Dotted names of the fields that differ, with both values."""
+  changed = []
+  for key in sorted(set(old) | set(new)):
+    a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+    if isinstance(a, dict) and isinstance(b, dict):
+      changed += _differences(a, b, f"{prefix}{key}.")
+    elif a != b:
+      changed.append(f"{prefix}{key}: {a!r} -> {b!r}")
+  return changed
+
+
+def _barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+# ---- preemption ---------------------------------------------------------------------------------------------
+class Preempted(Exception):
+  """SIGTERM arrived; the run saved a checkpoint and stopped. Rerunning the same command resumes it."""
+
+
+class StopOnSigterm:
+  """Turns SIGTERM (what SLURM and cloud preemption send first) into a flag that the epoch loop reads, so the
+  run saves a checkpoint at the end of the current epoch and exits instead of dying mid-way. Signal handlers
+  can only be installed from the main thread; elsewhere this is inert."""
+
+  def __init__(self):
+    self.received = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    print("SIGTERM: saving a checkpoint at the end of this epoch, then stopping", flush=True)
+    self.received = True
+
+  def requested(self) -> bool:
+    """True on every process as soon as any process received SIGTERM (all must save and stop together)."""
+    if jax.process_count() == 1:
+      return self.received
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(self.received))))

@@ -1,0 +1,141 @@
+"""Bad input: one clear message (what, which field or file, what is expected), a non-zero exit, and nothing left
+in the run directory that looks like a result."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from prune4rel_jax import main, train
+from prune4rel_jax.data import DATASETS, digits
+from prune4rel_jax.data.base import require_file
+from prune4rel_jax.errors import UserError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_DEFECT = {}  # what the `defective_for_tests` dataset breaks in the digits; set by each test
+
+
+@DATASETS.register("defective_for_tests")
+def _defective(cfg):
+  if "label_file" in _DEFECT:
+    require_file(os.path.join(cfg.dir, _DEFECT["label_file"]), "defective_for_tests noisy labels")
+  dataset = digits.load()
+  fields = {k: getattr(dataset, k) for k in ("train_images", "train_labels", "test_images")}
+  return dataclasses.replace(dataset, name="defective_for_tests", **_DEFECT.get("change", lambda f: f)(fields))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def fast_compilation():
+  """Tiny models: XLA's optimisation passes cost more than they save. Subprocesses get the same setting."""
+  previous = jax.config.values["jax_disable_most_optimizations"]
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", previous)
+
+
+def _config(**overrides):
+  sys.path.insert(0, os.path.join(REPO, "configs"))
+  try:
+    import quickstart
+  finally:
+    sys.path.pop(0)
+  config = quickstart.get_config()
+  config.update_from_flattened_dict({"epochs": 1, "model.small_cnn.width": 8, **overrides})
+  return config
+
+
+def _rejects(config, workdir, *phrases):
+  """The run raises one UserError naming `phrases` and leaves no run directory behind."""
+  with pytest.raises(UserError) as error:
+    train.train_and_evaluate(config, str(workdir))
+  message = str(error.value)
+  assert "\n" not in message
+  for phrase in phrases:
+    assert phrase in message, message
+  assert not workdir.exists()
+  return message
+
+
+def test_unknown_config_field_names_it(capsys):
+  with pytest.raises(SystemExit) as exit_:
+    main.parse_flags(["prune4rel", "--config", os.path.join(REPO, "configs/quickstart.py"),
+                      "--config.selection.balanse=True"])
+  assert exit_.value.code == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: ") and "config.selection.balanse" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("fraction", [0.0, -0.2, 1.5])
+def test_fraction_outside_zero_one(tmp_path, fraction):
+  _rejects(_config(**{"selection.fraction": fraction}), tmp_path / "run", f"selection.fraction={fraction}",
+           "(0, 1]")
+
+
+def test_balanced_budget_smaller_than_the_number_of_classes(tmp_path):
+  config = _config(**{"selection.fraction": 0.004, "selection.balance": True})  # 6 of 1,500 examples, 10 classes
+  _rejects(config, tmp_path / "run", "keeps 6 of 1500", "10 classes", "selection.balance")
+
+
+@pytest.mark.parametrize("change, phrases", [
+    (lambda f: {**f, "train_labels": np.where(np.arange(len(f["train_labels"])) == 7, 10, f["train_labels"])},
+     ("train labels", "outside [0, 10)", "label 10 at index 7")),
+    (lambda f: {**f, "train_labels": np.where(f["train_labels"] == 3, 4, f["train_labels"])},
+     ("classes [3] have no training example",)),
+    (lambda f: {**f, "train_images": f["train_images"][..., 0]},
+     ("train images", "expected uint8 [N, H, W, C]", "(1500, 8, 8)")),
+    (lambda f: {**f, "test_images": f["test_images"][:, :7]},
+     ("train images are (8, 8, 1) but test images are (7, 8, 1)",)),
+], ids=["label_out_of_range", "empty_class", "images_not_4d", "train_test_shapes_differ"])
+def test_defective_dataset(tmp_path, monkeypatch, change, phrases):
+  monkeypatch.setitem(_DEFECT, "change", change)
+  _rejects(_config(**{"data.name": "defective_for_tests"}), tmp_path / "run", "defective_for_tests", *phrases)
+
+
+def test_missing_data_dir(tmp_path):
+  missing = str(tmp_path / "no_such_dir")
+  _rejects(_config(**{"data.dir": missing}), tmp_path / "run", f"data.dir={missing!r} is not a directory")
+
+
+def test_missing_label_file(tmp_path, monkeypatch):
+  monkeypatch.setitem(_DEFECT, "label_file", "noisy_labels.npy")
+  _rejects(_config(**{"data.name": "defective_for_tests", "data.dir": str(tmp_path)}), tmp_path / "run",
+           "noisy labels", str(tmp_path / "noisy_labels.npy"), "does not exist")
+
+
+def test_run_dir_with_a_different_config_is_refused_unless_resumed_or_overwritten(tmp_path):
+  workdir = tmp_path / "run"
+  first = train.train_and_evaluate(_config(), str(workdir))
+  # The CLI: one error line naming the changed field, exit 2, the earlier result untouched.
+  result = subprocess.run([sys.executable, "-m", "prune4rel_jax", "--config", "configs/quickstart.py",
+                           "--config.epochs=2", "--config.model.small_cnn.width=8", "--workdir", str(workdir)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"})
+  assert result.returncode == 2
+  assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: run directory")
+  assert "epochs: 1 -> 2" in result.stderr and "--resume" in result.stderr and "--overwrite" in result.stderr
+  assert json.loads((workdir / "summary.json").read_text()) == first
+
+  resumed = train.train_and_evaluate(_config(epochs=2), str(workdir), existing="resume")
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["epoch"] for r in records] == [0, 1]  # epoch 0 came from the checkpoint, only epoch 1 ran
+  assert resumed["test_accuracy"] == records[-1]["test_accuracy"]
+
+  train.train_and_evaluate(_config(), str(workdir), existing="overwrite")
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["epoch"] for r in records] == [0]
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["0", "1"]
+
+
+def test_non_finite_loss_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+  # Epoch 1 trains normally; from epoch 2 the learning rate is 5e28, so the parameters overflow.
+  config = _config(epochs=3, **{"optim.schedule": "multistep", "optim.milestones": (1,), "optim.gamma": 1e30})
+  workdir = tmp_path / "run"
+  with pytest.raises(UserError, match=r"^train epoch 2/3, step \d+/\d+: the loss is (nan|inf)"):
+    train.train_and_evaluate(config, str(workdir))
+  assert not (workdir / "summary.json").exists()
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["0", "1"]  # epoch 1's checkpoint, nothing after it

@@ -1,0 +1,73 @@
+"""Multi-host: two processes on localhost (2 CPU devices each, one JAX runtime via `jax.distributed`) train the
+same parameters as one process with 4 devices and the same global batch.
+
+Each run is a subprocess with its own device setup (this test process is pinned to 8 devices by conftest). The
+runs go through warm-up (cross-process gather of the records), selection, training, evaluation and collective
+checkpoints; only process 0 writes the run directory.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+from test_resume import DRIVER, FAST_COMPILATION_ENV, final_params
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EPOCHS = 1
+FLAGS = [f"--config.epochs={EPOCHS}", "--config.model.small_cnn.width=8", "--config.selection.warmup_epochs=1",
+         "--config.selection.name=most_confident_for_tests", "--config.selection.fraction=0.4"]
+
+
+def _env(local_devices: int, **extra) -> dict:
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+  return {**env, **FAST_COMPILATION_ENV, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(local_devices), **extra}
+
+
+def _command(workdir) -> list[str]:
+  return [sys.executable, "-c", DRIVER, os.path.join(REPO, "tests"), "--config", "configs/quickstart.py", *FLAGS,
+          "--workdir", str(workdir)]
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _results(workdir):
+  params = final_params(workdir, EPOCHS)
+  with open(os.path.join(workdir, "summary.json")) as f:
+    summary = json.load(f)
+  return summary, np.load(os.path.join(workdir, "selected_indices.npy")), params
+
+
+def test_two_processes_train_the_same_parameters_as_one(tmp_path):
+  port = _free_port()
+  processes = [subprocess.Popen(_command(tmp_path / "two"), cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True,
+                                env=_env(2, PRUNE4REL_DISTRIBUTED="1", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                                         PRUNE4REL_NUM_PROCESSES="2", PRUNE4REL_PROCESS_ID=str(i)))
+               for i in range(2)]
+  try:
+    single = subprocess.run(_command(tmp_path / "one"), cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env=_env(4))
+    outputs = [p.communicate(timeout=300)[0] for p in processes]
+  finally:
+    for p in processes:  # a hung collective must not outlive the test
+      p.kill()
+  assert single.returncode == 0, single.stdout + single.stderr
+  for p, out in zip(processes, outputs):
+    assert p.returncode == 0, out
+  assert "process 0/2: 2 local of 4 devices" in outputs[0] and "process 1/2: 2 local of 4 devices" in outputs[1]
+
+  two, one = _results(tmp_path / "two"), _results(tmp_path / "one")
+  assert two[0]["num_devices"] == one[0]["num_devices"] == 4
+  np.testing.assert_array_equal(two[1], one[1])  # the same subset, in the same order
+  assert two[2].keys() == one[2].keys()
+  for name in one[2]:  # cross-process all-reduces may add in another order
+    np.testing.assert_allclose(two[2][name], one[2][name], rtol=1e-5, atol=1e-6, err_msg=name)
+  for field in ("test_accuracy", "noisy_share_of_subset", "subset_size"):
+    assert two[0][field] == one[0][field], field

@@ -1,0 +1,191 @@
+"""Checkpoints: a run stopped by SIGTERM and then SIGKILLed, restarted with the same command each time, ends
+bit-identical to an uninterrupted run; a damaged or uncommitted newest checkpoint falls back to the previous one.
+
+The runs use a warm-up method (defined here, registered in the subprocesses by importing this module) so the
+selection and warm-up records travel through the checkpoint too.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from prune4rel_jax import train
+from prune4rel_jax.selection import METHODS, Method
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EPOCHS = 8
+TIMING_FIELDS = ("seconds", "selection_seconds", "train_seconds")
+FAST_COMPILATION_ENV = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
+# `python -c DRIVER TESTS_DIR --config ...`: the CLI with this module's method registered.
+DRIVER = ("import sys; sys.path.insert(0, sys.argv.pop(1)); import test_resume; from prune4rel_jax import main; "
+          "main.run()")
+
+
+@METHODS.register("most_confident_for_tests")
+class MostConfident(Method):
+  """Keeps the examples whose noisy label the warmed-up network finds most probable (needs a warm-up)."""
+  name = "most_confident_for_tests"
+  needs = frozenset({"logits"})
+
+  def select(self, inputs, budget):
+    confidence = inputs.probs[np.arange(len(inputs.labels)), inputs.labels]
+    return np.argsort(-confidence, kind="stable")[:budget]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def fast_compilation():
+  """Tiny models: XLA's optimisation passes cost more than they save. Subprocesses get the same setting."""
+  previous = jax.config.values["jax_disable_most_optimizations"]
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", previous)
+
+
+OVERRIDES = {"epochs": EPOCHS, "model.small_cnn.width": 8, "selection.name": MostConfident.name,
+             "selection.warmup_epochs": 1, "selection.fraction": 0.4, "checkpoint.keep": 2}
+
+
+def _config():
+  sys.path.insert(0, os.path.join(REPO, "configs"))
+  try:
+    import quickstart
+  finally:
+    sys.path.pop(0)
+  config = quickstart.get_config()
+  config.update_from_flattened_dict(OVERRIDES)
+  return config
+
+
+def _start(workdir):
+  """The CLI (`DRIVER`) with the test overrides; the runs of a test share a compilation cache."""
+  flags = [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
+  return subprocess.Popen([sys.executable, "-c", DRIVER, os.path.join(REPO, "tests"), "--config",
+                           "configs/quickstart.py", *flags, "--workdir", str(workdir)],
+                          cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env={**os.environ, **FAST_COMPILATION_ENV,
+                               "JAX_COMPILATION_CACHE_DIR": str(workdir.parent / "jax_cache"),
+                               "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"})
+
+
+def _train_epochs_logged(workdir) -> int:
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    return sum('"phase": "train"' in line for line in f)
+
+
+def _signal_after(workdir, epochs: int, signum) -> subprocess.CompletedProcess:
+  """Start the run, send `signum` once `epochs` training epochs are in its log, wait for it to end."""
+  proc = _start(workdir)
+  try:
+    deadline = time.monotonic() + 120
+    while _train_epochs_logged(workdir) < epochs and proc.poll() is None and time.monotonic() < deadline:
+      time.sleep(0.02)
+    assert proc.poll() is None, f"the run ended before it could be interrupted:\n{proc.stdout.read()}"
+    proc.send_signal(signum)
+    out, _ = proc.communicate(timeout=120)
+  finally:
+    proc.kill()
+  return subprocess.CompletedProcess(proc.args, proc.returncode, out)
+
+
+def final_params(workdir, step: int) -> dict[str, np.ndarray]:
+  """The learner state of checkpoint `step`, as numpy arrays by tree path, whatever topology saved it."""
+  with ocp.CheckpointManager(os.path.join(workdir, "checkpoints"),
+                             item_handlers={"state": ocp.StandardCheckpointHandler()}) as manager:
+    assert manager.latest_step() == step
+    stored = manager.item_metadata(step).state
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), stored)
+    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
+  return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]}
+
+
+def _results(workdir):
+  with open(os.path.join(workdir, "summary.json")) as f:
+    summary = {k: v for k, v in json.load(f).items() if k not in TIMING_FIELDS}
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    records = [{k: v for k, v in json.loads(line).items() if k not in TIMING_FIELDS} for line in f]
+  return summary, records, np.load(os.path.join(workdir, "selected_indices.npy")), final_params(workdir, EPOCHS)
+
+
+def _assert_identical(a, b):
+  assert a[0] == b[0]  # summary: accuracies, subset, noisy share — exact floats
+  assert a[1] == b[1]  # every epoch record, warm-up included
+  np.testing.assert_array_equal(a[2], b[2])
+  assert a[3].keys() == b[3].keys()
+  for name in a[3]:
+    np.testing.assert_array_equal(a[3][name], b[3][name], err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  train.train_and_evaluate(_config(), str(workdir))
+  return workdir
+
+
+def test_sigterm_then_sigkill_then_rerun_is_bit_identical(uninterrupted, tmp_path):
+  workdir = tmp_path / "run"
+  stopped = _signal_after(workdir, 2, signal.SIGTERM)
+  assert stopped.returncode == 143, stopped.stdout
+  assert "rerun the same command to resume" in stopped.stdout
+  assert not (workdir / "summary.json").exists()
+  saved = _train_epochs_logged(workdir)
+  assert 2 <= saved < EPOCHS
+  assert (workdir / "checkpoints" / str(saved) / "commit_success.txt").exists()  # SIGTERM's final save
+
+  killed = _signal_after(workdir, saved + 2, signal.SIGKILL)
+  assert killed.returncode == -signal.SIGKILL
+  assert f"from checkpoint {saved} " in killed.stdout
+  assert not (workdir / "summary.json").exists()
+
+  finished = _start(workdir)
+  try:
+    out, _ = finished.communicate(timeout=120)
+  finally:
+    finished.kill()
+  assert finished.returncode == 0, out
+  assert "resuming" in out
+  _assert_identical(_results(workdir), _results(uninterrupted))
+
+
+def test_damaged_or_uncommitted_newest_checkpoint_falls_back_to_the_previous_one(uninterrupted, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(uninterrupted, workdir)
+  newest = workdir / "checkpoints" / str(EPOCHS)
+  for root, _, files in os.walk(newest / "state"):
+    for name in files:
+      path = os.path.join(root, name)
+      os.truncate(path, os.path.getsize(path) // 2)  # a save torn by a crash or a full disk
+  uncommitted = workdir / "checkpoints" / f"{EPOCHS + 1}.orbax-checkpoint-tmp-0"
+  uncommitted.mkdir()
+  (uncommitted / "junk").write_text("a save killed before its commit")
+
+  train.train_and_evaluate(_config(), str(workdir))
+
+  assert (workdir / "checkpoints" / f"damaged_{EPOCHS}").is_dir()
+  assert not uncommitted.exists()
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert len(records) == 1 + EPOCHS  # the log was rewound to checkpoint EPOCHS-1, then the last epoch re-run
+  _assert_identical(_results(workdir), _results(uninterrupted))
+
+
+def test_a_finished_run_resumes_to_the_same_summary_even_with_other_checkpoint_settings(uninterrupted, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(uninterrupted, workdir)
+  config = _config()
+  config.checkpoint.every_epochs = 3  # not compared: the run resumes
+  summary = train.train_and_evaluate(config, str(workdir))
+  assert json.loads((workdir / "summary.json").read_text()) == summary
+  assert not any(name.endswith(".tmp") for name in os.listdir(workdir))
