@@ -17,6 +17,9 @@ class SelectionInputs:
   num_classes: int
   logits: np.ndarray | None = None      # [N, C] evaluation-mode logits of the warmed-up network
   features: np.ndarray | None = None    # [N, d] penultimate embeddings
+  forgetting_events: np.ndarray | None = None  # [N] correct→incorrect flips over every warm-up mini-batch
+  grad_norms: np.ndarray | None = None  # [N, R] last-layer gradient norms (GraNd), one column per warm-up run
+  error_norms: np.ndarray | None = None  # [N, R] ‖softmax − onehot(label)‖ (EL2N), one column per warm-up run
 
   @property
   def probs(self) -> np.ndarray:
@@ -32,6 +35,8 @@ class Method:
   needs: ClassVar[frozenset[str]] = frozenset()
   # The view of the scoring pass: "test" (no augmentation) or "strong" (Prune4ReL's strongly augmented view).
   view: ClassVar[str] = "test"
+  # How many networks the warm-up trains from fresh initialisations (GraNd/EL2N average over `repeat`).
+  warmup_runs: int = 1
 
   def __init__(self, cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, seed: int):
     self.cfg, self.mesh, self.seed = cfg, mesh, seed
@@ -54,7 +59,22 @@ def budget_for(fraction: float, num_examples: int) -> int:
   return max(1, int(round(fraction * num_examples)))
 
 
-def per_class_budgets(labels: np.ndarray, num_classes: int, fraction: float) -> np.ndarray:
-  """Class-proportional budgets round(fraction · n_c) by noisy label (DeepCore's `balance`)."""
-  counts = np.bincount(labels, minlength=num_classes)
-  return np.round(fraction * counts).astype(np.int64)
+def class_quotas(labels: np.ndarray, num_classes: int, budget: int) -> np.ndarray:
+  """Class-proportional budgets by noisy label (DeepCore's `balance`, round(f·n_c)), made to sum to exactly
+  `budget` by largest remainders (ties to the lower class), so a balanced subset has the same size as a global one."""
+  shares = budget * np.bincount(labels, minlength=num_classes).astype(np.int64)  # integer maths: exact ties
+  quotas, remainders = np.divmod(shares, len(labels))
+  quotas[np.argsort(-remainders, kind="stable")[:budget - quotas.sum()]] += 1
+  return quotas
+
+
+def rank_select(scores: np.ndarray, budget: int, labels: np.ndarray, num_classes: int, balance: bool,
+                highest: bool) -> np.ndarray:
+  """The `budget` best-ranked examples (highest or lowest `scores`, lower index first on ties), globally or, with
+  `balance`, `class_quotas` per noisy-label class (concatenated class by class, each in rank order)."""
+  order = np.argsort(-scores if highest else scores, kind="stable")
+  if not balance:
+    return order[:budget]
+  ranked_labels = labels[order]
+  quotas = class_quotas(labels, num_classes, budget)
+  return np.concatenate([order[ranked_labels == c][:q] for c, q in enumerate(quotas)])

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from prune4rel_jax.selection.base import Method, SelectionInputs, per_class_budgets
+from prune4rel_jax.selection.base import Method, SelectionInputs, class_quotas
 
 
 class Uniform(Method):
@@ -12,6 +12,6 @@ class Uniform(Method):
     rng = np.random.default_rng(self.seed)
     if not self.cfg.balance:
       return rng.choice(len(inputs.labels), budget, replace=False)
-    quotas = per_class_budgets(inputs.labels, inputs.num_classes, budget / len(inputs.labels))
+    quotas = class_quotas(inputs.labels, inputs.num_classes, budget)
     picks = [rng.choice(np.flatnonzero(inputs.labels == c), q, replace=False) for c, q in enumerate(quotas)]
     return np.concatenate(picks)
