@@ -1,4 +1,4 @@
-"""Checkpoints and the run directory's resume rules: one orbax `CheckpointManager` behind a small interface.
+"""Checkpoints and the run directory's resume rules: orbax `CheckpointManager`s behind a small interface.
 
 A checkpoint holds everything the rest of a run depends on:
   state   the learner state of the training phase (an opaque pytree: networks, BN statistics, optimiser,
@@ -10,7 +10,8 @@ The data stream is a pure function of (seed, step) (`pipeline.train_stream`) and
 `fold_in(key, step)`, so these pin the rest of the run: a resumed run ends bit-identical to an uninterrupted one.
 
 Checkpoint numbers are save points, not optimiser steps: 0 is the selection (fresh state, epoch 0), n the end of
-training epoch n. Saves are asynchronous (orbax copies the arrays to host memory before `save` returns, so the
+training epoch n. The warm-up before selection has its own save points under `checkpoints/warmup` (the warm-up
+network, the forgetting counters and the records of finished warm-up runs), removed once selection is saved. Saves are asynchronous (orbax copies the arrays to host memory before `save` returns, so the
 next step may donate them) and collective over processes; orbax commits a checkpoint by renaming its temporary
 directory, so a save cut short by a kill is never listed, and a damaged committed one is skipped on restore.
 """
@@ -33,10 +34,21 @@ from prune4rel_jax.errors import UserError
 from prune4rel_jax.selection import SelectionInputs
 
 SUBDIR = "checkpoints"
+WARMUP_SUBDIR = "warmup"
 # Files a run writes into its directory (reporting.RunWriter); `--overwrite` removes exactly these.
 RUN_FILES = ("config.json", "metrics.jsonl", "selected_indices.npy", "summary.json", "curves.png")
 # Config sections that do not change results: a run may resume with different values.
 NOT_COMPARED = ("checkpoint",)
+
+
+@dataclasses.dataclass
+class WarmupSnapshot:
+  """A restored warm-up save point: run `run` has finished `epoch` of its epochs."""
+  run: int
+  epoch: int
+  state: Any                  # {"learner": learner state[, "forgetting": the forgetting counters]}
+  finished_runs: list[dict[str, np.ndarray]]  # the records of runs 0 … run-1
+  records: list[dict]         # the epoch log so far
 
 
 @dataclasses.dataclass
@@ -59,6 +71,8 @@ class Checkpoints:
     options = ocp.CheckpointManagerOptions(max_to_keep=cfg.keep, create=True, cleanup_tmp_directories=True,
                                            enable_async_checkpointing=cfg.async_save)
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "arrays", "meta"))
+    self.warmup = ocp.CheckpointManager(os.path.join(self.directory, WARMUP_SUBDIR), options=options,
+                                        item_names=("state", "arrays", "meta"))
 
   def due(self, epoch: int, epochs: int) -> bool:
     """Whether to save after (0-based) `epoch`: every `every_epochs` and at the end of the phase."""
@@ -71,6 +85,47 @@ class Checkpoints:
     meta = {**meta, "epoch": epoch, "num_classes": inputs.num_classes}
     self.manager.save(epoch, force=True, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), arrays=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)))
+
+  def save_warmup(self, run: int, epoch: int, epochs_per_run: int, state, finished_runs: list[dict],
+                  records: list[dict]) -> None:
+    """A warm-up save point after `epoch` epochs of warm-up run `run` (numbered `run·(epochs_per_run+1)+epoch`)."""
+    arrays = {"finished_runs": np.asarray(len(finished_runs)),  # never an empty item, which orbax refuses
+              **{f"run{i}.{k}": np.asarray(v) for i, record in enumerate(finished_runs) for k, v in record.items()}}
+    meta = {"run": run, "epoch": epoch, "records": records}
+    self.warmup.save(run * (epochs_per_run + 1) + epoch, force=True, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), arrays=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)))
+
+  def restore_warmup(self, fresh_state: Callable[[], Any]) -> WarmupSnapshot | None:
+    """The newest warm-up save point that restores completely (damaged ones are set aside), or None."""
+    for step in sorted(self.warmup.all_steps(), reverse=True):
+      try:
+        return self._restore_warmup(step, fresh_state)
+      except Exception as e:  # noqa: BLE001  (as `restore_latest`)
+        print(f"warm-up checkpoint {step} is damaged ({type(e).__name__}); trying an older one", flush=True)
+        self._set_aside(step, self.warmup)
+    return None
+
+  def _restore_warmup(self, step: int, fresh_state: Callable[[], Any]) -> WarmupSnapshot:
+    restored = self.warmup.restore(step, args=ocp.args.Composite(arrays=ocp.args.StandardRestore(),
+                                                                 meta=ocp.args.JsonRestore()))
+    arrays = dict(restored.arrays)
+    finished = [{} for _ in range(int(arrays.pop("finished_runs")))]
+    for name, value in arrays.items():
+      run, field = name.split(".", 1)
+      finished[int(run.removeprefix("run"))][field] = np.asarray(value)
+    state = self.warmup.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_abstract(fresh_state())))).state
+    return WarmupSnapshot(run=restored.meta["run"], epoch=restored.meta["epoch"], state=state,
+                          finished_runs=finished, records=restored.meta["records"])
+
+  def finish_warmup(self) -> None:
+    """Drop the warm-up save points once the selection's checkpoint 0 is on disk (they are superseded)."""
+    self.manager.wait_until_finished()
+    self.warmup.wait_until_finished()
+    if jax.process_index() == 0:
+      shutil.rmtree(os.path.join(self.directory, WARMUP_SUBDIR), ignore_errors=True)
+    _barrier("finish_warmup")
+    self.warmup.reload()
 
   def restore_latest(self, fresh_state: Callable[[int], Any]) -> Snapshot | None:
     """The newest checkpoint that restores completely, or None. `fresh_state(num_selected)` gives a state of the
@@ -90,30 +145,37 @@ class Checkpoints:
         arrays=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
     arrays = {k: np.asarray(v) for k, v in restored.arrays.items()}
     meta = restored.meta
-    like = fresh_state(len(arrays["selected"]))
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like)
+    target = _abstract(fresh_state(len(arrays["selected"])))
     state = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
     inputs = SelectionInputs(num_classes=meta["num_classes"],
                              **{k.removeprefix("inputs."): v for k, v in arrays.items() if k.startswith("inputs.")})
     return Snapshot(epoch=meta["epoch"], state=state, selected=arrays["selected"], inputs=inputs,
                     key=jax.random.wrap_key_data(arrays["key"]), meta=meta)
 
-  def _set_aside(self, step: int) -> None:
+  def _set_aside(self, step: int, manager: ocp.CheckpointManager | None = None) -> None:
+    manager = manager or self.manager
     if jax.process_index() == 0:
-      os.replace(os.path.join(self.directory, str(step)), os.path.join(self.directory, f"damaged_{step}"))
+      directory = str(manager.directory)
+      os.replace(os.path.join(directory, str(step)), os.path.join(directory, f"damaged_{step}"))
     _barrier(f"set_aside_{step}")
-    self.manager.reload()
+    manager.reload()
 
   def close(self) -> None:
     """Wait for pending asynchronous saves."""
-    self.manager.wait_until_finished()
-    self.manager.close()
+    for manager in (self.manager, self.warmup):
+      manager.wait_until_finished()
+      manager.close()
 
   def __enter__(self):
     return self
 
   def __exit__(self, *exc):
     self.close()
+
+
+def _abstract(state):
+  """Shapes, dtypes and placement of `state`: the restore target, so restored arrays land where fresh ones do."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
 
 
 def _array_fields(inputs: SelectionInputs) -> dict[str, np.ndarray]:

@@ -44,16 +44,17 @@ class ForgettingRecorder:
     replicated = parallel.replicated(mesh)
     self._sync = parallel.must_sync_each_step(mesh)
     self._update = jax.jit(_count_forgetting, donate_argnums=0, out_shardings=replicated)
-    self._state = jax.jit(lambda: (jnp.zeros(num_examples, bool), jnp.zeros(num_examples, jnp.int32)),
-                          out_shardings=replicated)()
+    # (last_correct, events): a pytree, so warm-up checkpoints save and restore it as is.
+    self.state = jax.jit(lambda: (jnp.zeros(num_examples, bool), jnp.zeros(num_examples, jnp.int32)),
+                         out_shardings=replicated)()
 
   def __call__(self, per_example: Mapping[str, jax.Array]) -> None:
-    self._state = self._update(self._state, per_example["index"], per_example["correct"])
+    self.state = self._update(self.state, per_example["index"], per_example["correct"])
     if self._sync:  # a collective step in flight with the next train step deadlocks simulated CPU devices
-      jax.block_until_ready(self._state)
+      jax.block_until_ready(self.state)
 
   def events(self) -> np.ndarray:
-    return parallel.to_host(self._state[1])
+    return parallel.to_host(self.state[1])
 
 
 def map_examples(fn: Callable[..., jax.Array], mesh: jax.sharding.Mesh, *arrays: np.ndarray,
