@@ -10,12 +10,10 @@ import sys
 import time
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
+from prune4rel_jax.cli import CONFIG, fail, parse_flags
 from prune4rel_jax.errors import UserError
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py)",
-                                          lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (default: runs/<dataset>-<method>-<learner>-<time>)")
 _RESUME = flags.DEFINE_bool("resume", False, "resume the run in --workdir even if its config differs from this one")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "delete the run in --workdir (files and checkpoints) and start "
@@ -32,20 +30,20 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if _RESUME.value and _OVERWRITE.value:
-    _fail("--resume and --overwrite exclude each other")
+    fail("--resume and --overwrite exclude each other")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
   initialize_distributed()
   from prune4rel_jax.checkpoint import Preempted
   from prune4rel_jax.train import train_and_evaluate  # imported after flag parsing: JAX starts here
 
-  config = _CONFIG.value
+  config = CONFIG.value
   workdir = _WORKDIR.value or default_workdir(config)
   existing = "resume" if _RESUME.value else "overwrite" if _OVERWRITE.value else "auto"
   try:
     summary = train_and_evaluate(config, workdir, existing)
   except UserError as e:
-    _fail(str(e))
+    fail(str(e))
   except Preempted as e:
     print(f"preempted: {e}", file=sys.stderr)
     sys.exit(143)  # 128 + SIGTERM, what schedulers expect from a job that stopped on SIGTERM
@@ -67,34 +65,10 @@ def initialize_distributed() -> None:
       try:
         explicit[name] = int(os.environ[env])
       except ValueError:
-        _fail(f"{env}={os.environ[env]!r} must be an integer")
+        fail(f"{env}={os.environ[env]!r} must be an integer")
   jax.distributed.initialize(**explicit)
   print(f"process {jax.process_index()}/{jax.process_count()}: {jax.local_device_count()} local of "
         f"{jax.device_count()} devices", flush=True)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing with one-line errors. config_flags loads the file lazily and reports an unknown field
-  as a bare AttributeError (with a "did you mean" hint), a bad value as a flags.Error."""
-  if not any(a == "--config" or a.startswith("--config=") for a in argv[1:]):
-    _fail("--config is required, e.g. --config configs/quickstart.py")
-  try:
-    rest = flags.FLAGS(argv)
-    _CONFIG.value.keys()  # the file loads lazily: load it now, not deep inside the run
-    return rest
-  except flags.Error as e:
-    _fail(str(e))
-  except (AttributeError, KeyError) as e:
-    while e.args and isinstance(e.args[0], BaseException):  # ConfigDict wraps a KeyError in an AttributeError
-      e = e.args[0]
-    _fail(f"unknown config field {' '.join(str(e.args[0] if e.args else e).split())}")
-  except OSError as e:
-    _fail(" ".join(str(e).split()))
-
-
-def _fail(message: str):
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
 
 
 def run():

@@ -14,16 +14,14 @@ Config overrides (`--config.epochs=50`) apply to every cell.
 import csv
 import json
 import os
-import sys
 from collections import defaultdict
 
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
+from prune4rel_jax.cli import CONFIG, fail, parse_flags
 from prune4rel_jax.errors import UserError
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "base config file", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "sweep directory", required=True)
 _METHODS = flags.DEFINE_list("methods", ["uniform"], "selection methods")
 _LEARNERS = flags.DEFINE_list("learners", ["ce"], "learners")
@@ -130,7 +128,7 @@ def plot(rows: list[dict], workdir: str) -> None:
 
 def main(argv):
   del argv
-  base = _CONFIG.value
+  base = CONFIG.value
   workdir = _WORKDIR.value
   noises = _NOISES.value or [f"{base.data.noise_type}:{base.data.noise_rate}"]
   fractions = [float(f) for f in _FRACTIONS.value]
@@ -146,8 +144,7 @@ def main(argv):
       rows.append({"noise": noise, "learner": learner, "method": method, "fraction": fraction, "seed": seed,
                    **{k: summary[k] for k in FIELDS[5:]}})
   except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    fail(str(e))
   os.makedirs(workdir, exist_ok=True)
   write_tables(rows, workdir)
   plot(rows, workdir)
@@ -155,4 +152,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
