@@ -8,16 +8,20 @@ Every cell is an ordinary run (`train.train_and_evaluate`) in `workdir/<noise>/<
 cells whose `summary.json` exists are skipped, so an interrupted sweep picks up where it stopped. The results are
 gathered into `results.csv`, `results.md` (mean ± std over seeds) and one plot per noise setting and learner:
 clean test accuracy vs fraction (one line per method) beside the noisy-label share of the selected subsets.
-Config overrides (`--config.epochs=50`) apply to every cell.
+Config overrides (`--config.epochs=50`) apply to every cell. A config file that takes the learner as its argument
+(`configs/cifar10n.py:sop_plus`) is re-read for each learner of `--learners`, so each runs with its own settings.
 """
 
 import csv
+import importlib.util
+import inspect
 import json
 import os
 from collections import defaultdict
 
 import numpy as np
 from absl import app, flags
+from ml_collections import config_flags
 
 from prune4rel_jax.cli import CONFIG, fail, parse_flags
 from prune4rel_jax.errors import UserError
@@ -42,11 +46,34 @@ def cells(noises, learners, methods, fractions, seeds):
             yield noise, learner, method, fraction, seed
 
 
+def learner_config(learner: str):
+  """The base config of `learner`'s cells. A config file whose `get_config` takes the learner as its argument
+  (`configs/cifar10n.py:sop_plus`) is loaded again with each learner, so every learner gets its own per-dataset
+  settings; the command-line overrides apply on top. Any other config only has `learner.name` switched."""
+  flag = flags.FLAGS["config"]
+  path = config_flags.get_config_filename(flag).split(":", 1)[0]
+  spec = importlib.util.spec_from_file_location(f"sweep_{learner}_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not inspect.signature(module.get_config).parameters:
+    config = CONFIG.value.copy_and_resolve_references()
+    config.learner.name = learner
+    return config
+  config = module.get_config(learner)
+  for field, value in config_flags.get_override_values(flag).items():
+    node = config
+    *parents, leaf = field.split(".")
+    for name in parents:
+      node = node[name]
+    node[leaf] = value
+  return config
+
+
 def cell_config(base, noise: str, learner: str, method: str, fraction: float, seed: int):
   config = base.copy_and_resolve_references()
   config.data.noise_type, rate = noise.split(":")
   config.data.noise_rate = float(rate)
-  config.learner.name, config.selection.name = learner, method
+  config.learner.name, config.selection.name = learner, method  # `base` is `learner_config(learner)`
   config.selection.fraction = fraction
   config.seed = config.data.noise_seed = seed
   return config
@@ -136,11 +163,12 @@ def main(argv):
   grid = list(cells(noises, _LEARNERS.value, _METHODS.value, fractions, seeds))
   rows = []
   try:
+    bases = {learner: learner_config(learner) for learner in _LEARNERS.value}
     for i, (noise, learner, method, fraction, seed) in enumerate(grid):
       cell_dir = os.path.join(workdir, noise.replace(":", ""), learner, method, f"f{fraction:g}", f"s{seed}")
       print(f"[sweep] cell {i + 1}/{len(grid)}: noise={noise} learner={learner} method={method} "
             f"fraction={fraction:g} seed={seed}", flush=True)
-      summary = run_cell(cell_config(base, noise, learner, method, fraction, seed), cell_dir)
+      summary = run_cell(cell_config(bases[learner], noise, learner, method, fraction, seed), cell_dir)
       rows.append({"noise": noise, "learner": learner, "method": method, "fraction": fraction, "seed": seed,
                    **{k: summary[k] for k in FIELDS[5:]}})
   except UserError as e:
