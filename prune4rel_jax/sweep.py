@@ -32,6 +32,8 @@ _LEARNERS = flags.DEFINE_list("learners", ["ce"], "learners")
 _FRACTIONS = flags.DEFINE_list("fractions", ["0.2", "0.4", "0.6", "0.8"], "selection fractions")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "seeds (model, data order and label noise)")
 _NOISES = flags.DEFINE_list("noises", [], "noise settings type:rate (default: the config's)")
+_CACHE = flags.DEFINE_string("compilation_cache", None, "persistent XLA compilation cache shared by the cells "
+                             "(default: WORKDIR/.jax_cache; '' disables it)")
 
 FIELDS = ("noise", "learner", "method", "fraction", "seed", "test_accuracy", "best_test_accuracy",
           "noisy_share_of_subset", "subset_size", "selection_seconds", "train_seconds")
@@ -157,6 +159,11 @@ def main(argv):
   del argv
   base = CONFIG.value
   workdir = _WORKDIR.value
+  cache = os.path.join(workdir, ".jax_cache") if _CACHE.value is None else _CACHE.value
+  if cache:  # the cells compile the same steps again and again: a cache turns that into a lookup
+    import jax
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   noises = _NOISES.value or [f"{base.data.noise_type}:{base.data.noise_rate}"]
   fractions = [float(f) for f in _FRACTIONS.value]
   seeds = [int(s) for s in _SEEDS.value]
