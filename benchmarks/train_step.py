@@ -53,11 +53,18 @@ def make_config(args, learner: str):
 
 
 def synthetic_batch(learner, batch: int, image_shape, num_classes: int, rng: np.random.Generator):
-  """A global batch with every view the learner's step reads."""
+  """A global batch with every view the learner's step reads. DivideMix's co-training step reads a labelled and
+  an unlabelled half (`u_` views) and the step's λ_u; it trains the state's first network against the second."""
+  dividemix = learner.name == "dividemix"
+  batch = batch // 2 if dividemix else batch
   host = {"index": np.arange(batch, dtype=np.int32), "position": np.arange(batch, dtype=np.int32),
           "label": rng.integers(0, num_classes, batch).astype(np.int32)}
   for view in learner.views:
     host[view] = rng.integers(0, 256, (batch, *image_shape), dtype=np.uint8)
+    if dividemix:
+      host[f"u_{view}"] = rng.integers(0, 256, (batch, *image_shape), dtype=np.uint8)
+  if dividemix:
+    host["lambda_u"] = np.full(batch, learner.hp.lambda_u, np.float32)
   return host
 
 
@@ -118,7 +125,7 @@ def time_pipeline(args, learner_name: str, image_shape, steps: int = 20) -> floa
   learner_cls = LEARNERS.get(learner_name)
   images = np.random.default_rng(0).integers(0, 256, (5000, *image_shape), dtype=np.uint8)
   labels = np.zeros(5000, np.int64)
-  views = {v: make_view(v, config.data) for v in learner_cls.views}
+  views = {v: make_view(v, config.data, (0.5,) * image_shape[-1]) for v in learner_cls.views}
   stream = pipeline.train_stream(images, labels, np.arange(5000), batch_size=args.batch, seed=0, views=views,
                                  start_step=0, num_steps=steps + 1)
   next(stream)

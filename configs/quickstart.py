@@ -24,4 +24,8 @@ def get_config():
   c.selection.name = "uniform"
   c.selection.fraction = 0.5
   c.selection.warmup_epochs = 5
+  # The originals' strong view (CIFAR AutoAugment with translations of up to 9 px, Cutout 16) erases 8×8 images:
+  # a 4-px Cutout for SOP+'s second view, and Prune4ReL scores the plain images.
+  c.data.cutout = 4
+  c.selection.prune4rel.view = "test"
   return c

@@ -30,8 +30,13 @@ def default_config() -> ml_collections.ConfigDict:
       noise_type="sym",      # clean | sym | asym, or a dataset's real noisy label set (e.g. CIFAR-N `worst`)
       noise_rate=0.0,
       noise_seed=0,
+      tfds_dir="",           # where file datasets are built once (array_record); "" = tfds's default data dir
+      eval_split="",         # the split used as the clean test set; "" = the original's (Clothing-1M: val)
+      image_size=0,          # side of the train/test crop; 0 = the stored size (the 256-px datasets use 224)
+      crop="pad",            # train crop: pad (RandomCrop(image_size, crop_padding), the original) | resized
       crop_padding=4,        # weak view: RandomCrop(size, padding) ...
       flip=True,             # ... + RandomHorizontalFlip
+      cutout=16,             # strong view (SOP+, Prune4ReL scoring): Cutout side in pixels, 0 = none
   ))
 
   c.model = ml_collections.ConfigDict(dict(
@@ -63,7 +68,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.selection[name] = METHODS.get(name).defaults()
 
   c.checkpoint = ml_collections.ConfigDict(dict(
-      every_epochs=1,        # save after every n-th training epoch (0: only after selection and at the end)
+      every_epochs=1,        # save after every n-th warm-up and training epoch (0: only at the end of each phase)
       keep=2,                # newest checkpoints kept (the older one is the fallback for a damaged newest)
       async_save=True,       # write in a background thread while training continues
   ))
@@ -84,7 +89,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config[field] <= 0:
       raise UserError(f"{field}={config[field]} must be positive")
   for field, value in (("epochs", config.epochs), ("selection.warmup_epochs", config.selection.warmup_epochs),
-                       ("data.crop_padding", config.data.crop_padding)):
+                       ("data.crop_padding", config.data.crop_padding), ("data.cutout", config.data.cutout)):
     if value < 0:
       raise UserError(f"{field}={value} must be >= 0")
   if config.optim.schedule not in SCHEDULES:

@@ -25,7 +25,9 @@ def predict_dataset(learner: Learner, state, images, indices: np.ndarray, batch_
   return {"logits": np.concatenate(logits)[:n], "features": np.concatenate(features)[:n]}
 
 
-def accuracy(learner: Learner, state, images, labels: np.ndarray, batch_size: int) -> float:
-  """Top-1 accuracy of `state` on (images, labels), e.g. the clean test split."""
-  logits = predict_dataset(learner, state, images, np.arange(len(labels)), batch_size)["logits"]
+def accuracy(learner: Learner, state, images, labels: np.ndarray, batch_size: int,
+             view: pipeline.View | None = None) -> float:
+  """Top-1 accuracy of `state` on (images, labels), e.g. the clean test split; `view` is the test transform
+  (`make_view("test")`: the central crop of the 224-px datasets, None for the others)."""
+  logits = predict_dataset(learner, state, images, np.arange(len(labels)), batch_size, view)["logits"]
   return float((logits.argmax(-1) == labels).mean())

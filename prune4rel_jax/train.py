@@ -28,18 +28,18 @@ def train_learner(config, learner: Learner, state, dataset: Dataset, indices: np
   """Train `learner` on `dataset.train_*[indices]` for epochs `start_epoch … epochs-1`; logs one record per
   epoch, then calls `after_epoch(epoch, state)` (checkpointing). `on_step` receives every step's per-example
   outputs (warm-up recorders)."""
-  views = {name: make_view(name, config.data) for name in learner.views}
+  views = {name: make_view(name, config.data, dataset.mean) for name in learner.views}
   seed = int(jax.random.randint(jax.random.fold_in(key, 0), (), 0, 2**31 - 1))
   for epoch in range(start_epoch, epochs):
     start = time.perf_counter()
     lr = optim.learning_rate(config.optim, epoch, config.epochs)
     data = pipeline.EpochData(dataset.train_images, dataset.train_labels, indices, config.batch_size, seed,
-                              epoch, views, desc=f"{phase} epoch {epoch + 1}/{epochs}")
+                              epoch, views, desc=f"{phase} epoch {epoch + 1}/{epochs}", phase=phase)
     state, metrics = learner.train_epoch(state, data, lr, key, on_step)
     record = {"phase": phase, "epoch": epoch, "lr": lr, **metrics}
     if evaluate_test and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == epochs):
       record["test_accuracy"] = evaluate.accuracy(learner, state, dataset.test_images, dataset.test_labels,
-                                                  config.eval_batch_size)
+                                                  config.eval_batch_size, make_view("test", config.data))
     if not np.isfinite(record.get("loss", 0.0)):
       raise UserError(f"{phase} epoch {epoch + 1}: the loss is {record['loss']}; lower optim.lr or check the data")
     record["seconds"] = time.perf_counter() - start
@@ -51,25 +51,58 @@ def train_learner(config, learner: Learner, state, dataset: Dataset, indices: np
   return state
 
 
-def warm_up(config, dataset: Dataset, model, mesh, method, key: jax.Array, writer: RunWriter) -> SelectionInputs:
+def warm_up(config, dataset: Dataset, model, mesh, method, key: jax.Array, writer: RunWriter,
+            checkpoints: checkpoint.Checkpoints, stop: checkpoint.StopOnSigterm) -> SelectionInputs:
   """Train the learner on the full noisy set for `selection.warmup_epochs` (`method.warmup_runs` times, each from
-  a fresh initialisation), then record only the `SelectionInputs` fields `method` needs."""
+  a fresh initialisation), then record only the `SelectionInputs` fields `method` needs. Saves warm-up checkpoints
+  as training does and resumes from the newest one."""
   learner = LEARNERS.get(config.learner.name)(config, model, dataset.num_classes, mesh)
   everything = np.arange(dataset.num_train)
-  view = None if method.view == "test" else make_view(method.view, config.data)
-  runs = []
-  for run in range(method.warmup_runs):
-    run_key = jax.random.fold_in(key, run)
-    forgetting = (records.ForgettingRecorder(dataset.num_train, mesh) if "forgetting_events" in method.needs
-                  else None)
-    state = learner.init(jax.random.fold_in(run_key, 1), dataset.image_shape, dataset.num_train)
-    state = train_learner(config, learner, state, dataset, everything, config.selection.warmup_epochs, run_key,
-                          "warmup", writer, evaluate_test=False, on_step=forgetting)
+  view = make_view(method.view, config.data, dataset.mean)
+  epochs = config.selection.warmup_epochs
+  counts_forgetting = "forgetting_events" in method.needs
+
+  def fresh_run(run: int):
+    forgetting = records.ForgettingRecorder(dataset.num_train, mesh) if counts_forgetting else None
+    state = learner.init(jax.random.fold_in(jax.random.fold_in(key, run), 1), dataset.image_shape,
+                         dataset.num_train)
+    return state, forgetting
+
+  def checkpointed(state, forgetting):
+    return {"learner": state} if forgetting is None else {"learner": state, "forgetting": forgetting.state}
+
+  snapshot = checkpoints.restore_warmup(lambda: checkpointed(*fresh_run(0)))
+  runs, first_run = [], 0
+  if snapshot is not None:
+    print(f"resuming the warm-up from run {snapshot.run + 1}, epoch {snapshot.epoch}/{epochs}", flush=True)
+    runs, first_run = snapshot.finished_runs, snapshot.run
+    writer.restore(snapshot.records)
+  for run in range(first_run, method.warmup_runs):
+    state, forgetting = fresh_run(run)
+    start_epoch = 0
+    if snapshot is not None and run == snapshot.run:
+      state, start_epoch = snapshot.state["learner"], snapshot.epoch
+      if forgetting is not None:
+        forgetting.state = snapshot.state["forgetting"]
+
+    def after_epoch(epoch: int, state, run=run, forgetting=forgetting) -> None:
+      stopping = stop.requested()
+      if stopping or checkpoints.due(epoch, epochs):
+        checkpoints.save_warmup(run, epoch + 1, epochs, checkpointed(state, forgetting), runs, writer.records)
+      if stopping:
+        raise checkpoint.Preempted(f"stopped after warm-up epoch {epoch + 1}/{epochs} of run {run + 1}; rerun the "
+                                   f"same command to resume")
+
+    state = train_learner(config, learner, state, dataset, everything, epochs, jax.random.fold_in(key, run),
+                          "warmup", writer, evaluate_test=False, start_epoch=start_epoch, after_epoch=after_epoch,
+                          on_step=forgetting)
     predictions = None
     if method.needs & records.PREDICTION_FIELDS:
       predictions = evaluate.predict_dataset(learner, state, dataset.train_images, everything,
                                              config.eval_batch_size, view, seed=config.seed)
-    runs.append(records.record_run(method.needs, dataset.train_labels, mesh, predictions, forgetting))
+    network = records.Network(learner.predict, state, dataset.train_images, dataset.std, config.eval_batch_size)
+    runs.append({**records.record_run(method.needs, dataset.train_labels, mesh, predictions, forgetting),
+                 **method.record_network(network)})
   return SelectionInputs(labels=dataset.train_labels, num_classes=dataset.num_classes, **records.combine_runs(runs))
 
 
@@ -88,18 +121,19 @@ def train_and_evaluate(config, workdir: str, existing: str = "auto") -> dict:
     raise UserError(f"selection.fraction={config.selection.fraction} keeps {budget} of {dataset.num_train} "
                     f"examples, fewer than the {dataset.num_classes} classes selection.balance=True gives a quota "
                     f"each; raise selection.fraction or set selection.balance=False")
+  # Fresh networks (and per-example state) for the subset: nothing carries over from the warm-up. Built here, as
+  # it validates the learner's hyperparameters.
+  learner = LEARNERS.get(config.learner.name)(config, model, dataset.num_classes, mesh)
   checkpoint.prepare_run_dir(workdir, config, existing)  # everything above only reads: bad input writes nothing
   writer = RunWriter(workdir, config)
   warmup_key, train_key = jax.random.split(jax.random.key(config.seed))
-  # Fresh networks (and per-example state) for the subset: nothing carries over from the warm-up.
-  learner = LEARNERS.get(config.learner.name)(config, model, dataset.num_classes, mesh)
 
   with checkpoint.Checkpoints(workdir, config.checkpoint) as checkpoints, checkpoint.StopOnSigterm() as stop:
     snapshot = checkpoints.restore_latest(lambda n: learner.init(train_key, dataset.image_shape, n))
     if snapshot is None:
       start = time.perf_counter()
       if method.needs:
-        inputs = warm_up(config, dataset, model, mesh, method, warmup_key, writer)
+        inputs = warm_up(config, dataset, model, mesh, method, warmup_key, writer, checkpoints, stop)
       else:
         inputs = SelectionInputs(labels=dataset.train_labels, num_classes=dataset.num_classes)
       selected = np.asarray(method.select(inputs, budget), np.int64)
@@ -109,6 +143,7 @@ def train_and_evaluate(config, workdir: str, existing: str = "auto") -> dict:
       timings = {"selection_seconds": time.perf_counter() - start, "train_seconds": 0.0}
       state = learner.init(train_key, dataset.image_shape, len(selected))
       checkpoints.save(0, state, selected, inputs, train_key, {**timings, "records": writer.records})
+      checkpoints.finish_warmup()
       start_epoch = 0
     else:
       print(f"resuming {workdir} from checkpoint {snapshot.epoch} ({snapshot.epoch}/{config.epochs} epochs done)",

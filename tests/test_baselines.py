@@ -31,7 +31,7 @@ def _inputs(seed=0, runs=2):
   return SelectionInputs(labels=rng.integers(0, C, N), num_classes=C, logits=rng.normal(size=(N, C)) * 3,
                          features=rng.normal(size=(N, D)).astype(np.float32),
                          forgetting_events=rng.integers(0, 4, N), grad_norms=rng.random((N, runs)),
-                         error_norms=rng.random((N, runs)))
+                         error_norms=rng.random((N, runs)), deepfool_norms=rng.random(N))
 
 
 def _softmax(z):

@@ -54,20 +54,24 @@ OVERRIDES = {"epochs": EPOCHS, "model.small_cnn.width": 8, "selection.name": Mos
              "selection.warmup_epochs": 1, "selection.fraction": 0.4, "checkpoint.keep": 2}
 
 
-def _config():
+# A warm-up long enough to interrupt, with on-device forgetting counters that must survive the interruption.
+WARMUP_OVERRIDES = {**OVERRIDES, "epochs": 2, "selection.name": "forgetting", "selection.warmup_epochs": 4}
+
+
+def _config(overrides=OVERRIDES):
   sys.path.insert(0, os.path.join(REPO, "configs"))
   try:
     import quickstart
   finally:
     sys.path.pop(0)
   config = quickstart.get_config()
-  config.update_from_flattened_dict(OVERRIDES)
+  config.update_from_flattened_dict(overrides)
   return config
 
 
-def _start(workdir):
+def _start(workdir, overrides=OVERRIDES):
   """The CLI (`DRIVER`) with the test overrides; the runs of a test share a compilation cache."""
-  flags = [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
+  flags = [f"--config.{k}={v}" for k, v in overrides.items()]
   return subprocess.Popen([sys.executable, "-c", DRIVER, os.path.join(REPO, "tests"), "--config",
                            "configs/quickstart.py", *flags, "--workdir", str(workdir)],
                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -76,20 +80,21 @@ def _start(workdir):
                                "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"})
 
 
-def _train_epochs_logged(workdir) -> int:
+def _train_epochs_logged(workdir, phase="train") -> int:
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
     return 0
   with open(path) as f:
-    return sum('"phase": "train"' in line for line in f)
+    return sum(f'"phase": "{phase}"' in line for line in f)
 
 
-def _signal_after(workdir, epochs: int, signum) -> subprocess.CompletedProcess:
-  """Start the run, send `signum` once `epochs` training epochs are in its log, wait for it to end."""
-  proc = _start(workdir)
+def _signal_after(workdir, epochs: int, signum, overrides=OVERRIDES, phase="train") -> subprocess.CompletedProcess:
+  """Start the run, send `signum` once `epochs` epochs of `phase` are in its log, wait for it to end."""
+  proc = _start(workdir, overrides)
   try:
     deadline = time.monotonic() + 120
-    while _train_epochs_logged(workdir) < epochs and proc.poll() is None and time.monotonic() < deadline:
+    while (_train_epochs_logged(workdir, phase) < epochs and proc.poll() is None
+           and time.monotonic() < deadline):
       time.sleep(0.02)
     assert proc.poll() is None, f"the run ended before it could be interrupted:\n{proc.stdout.read()}"
     proc.send_signal(signum)
@@ -111,12 +116,12 @@ def final_params(workdir, step: int) -> dict[str, np.ndarray]:
   return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]}
 
 
-def _results(workdir):
+def _results(workdir, epochs=EPOCHS):
   with open(os.path.join(workdir, "summary.json")) as f:
     summary = {k: v for k, v in json.load(f).items() if k not in TIMING_FIELDS}
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     records = [{k: v for k, v in json.loads(line).items() if k not in TIMING_FIELDS} for line in f]
-  return summary, records, np.load(os.path.join(workdir, "selected_indices.npy")), final_params(workdir, EPOCHS)
+  return summary, records, np.load(os.path.join(workdir, "selected_indices.npy")), final_params(workdir, epochs)
 
 
 def _assert_identical(a, b):
@@ -189,3 +194,24 @@ def test_a_finished_run_resumes_to_the_same_summary_even_with_other_checkpoint_s
   summary = train.train_and_evaluate(config, str(workdir))
   assert json.loads((workdir / "summary.json").read_text()) == summary
   assert not any(name.endswith(".tmp") for name in os.listdir(workdir))
+
+
+def test_a_run_stopped_during_the_warm_up_resumes_it_and_ends_bit_identical(tmp_path):
+  uninterrupted = tmp_path / "uninterrupted"
+  train.train_and_evaluate(_config(WARMUP_OVERRIDES), str(uninterrupted))
+  workdir = tmp_path / "run"
+  stopped = _signal_after(workdir, 2, signal.SIGTERM, WARMUP_OVERRIDES, phase="warmup")
+  assert stopped.returncode == 143, stopped.stdout
+  assert "stopped after warm-up epoch" in stopped.stdout
+  saved = _train_epochs_logged(workdir, "warmup")
+  assert 2 <= saved < 4 and (workdir / "checkpoints" / "warmup" / str(saved)).is_dir()
+
+  finished = _start(workdir, WARMUP_OVERRIDES)
+  try:
+    out, _ = finished.communicate(timeout=120)
+  finally:
+    finished.kill()
+  assert finished.returncode == 0, out
+  assert f"resuming the warm-up from run 1, epoch {saved}/4" in out
+  assert not (workdir / "checkpoints" / "warmup").exists()  # superseded by the selection's checkpoint
+  _assert_identical(_results(workdir, 2), _results(uninterrupted, 2))

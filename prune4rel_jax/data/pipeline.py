@@ -1,4 +1,5 @@
-"""grain input pipelines: a shuffled training stream and a sequential, padded evaluation pass.
+"""grain input pipelines: a shuffled training stream, DivideMix's labelled/unlabelled stream and a sequential,
+padded evaluation pass.
 
 Every process computes the same global index stream (indices are cheap) and loads only its own rows of each
 global batch (`parallel.process_rows`), which `parallel.to_global` then assembles into example-sharded arrays.
@@ -36,21 +37,64 @@ def train_stream(images, labels: np.ndarray, indices: np.ndarray, *, batch_size:
   rows = parallel.process_rows(batch_size)
 
   def load(positions: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    local = positions[rows]
-    index = indices[local]
-    raw = images[index]
-    rnd = BatchRandom(rng, rows, batch_size)
-    batch = {"index": index.astype(np.int32), "position": local.astype(np.int32),
-             "label": labels[index].astype(np.int32)}
-    for name, view in views.items():
-      batch[name] = view(raw, rnd)
-    return batch
+    return _load_rows(images, labels, indices, positions[rows], views, BatchRandom(rng, rows, batch_size))
 
   dataset = (grain.MapDataset.range(len(indices)).shuffle(seed=seed).repeat(None)
              .batch(batch_size, drop_remainder=True).seed(seed).random_map(load))
   dataset = dataset[start_step:start_step + num_steps]
   return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
                                                         prefetch_buffer_size=prefetch)))
+
+
+def _load_rows(images, labels: np.ndarray, indices: np.ndarray, positions: np.ndarray,
+               views: Mapping[str, View], rnd: BatchRandom) -> dict[str, np.ndarray]:
+  """This process's rows of a batch: `index`, `position`, `label` and one array per view."""
+  index = indices[positions]
+  raw = images[index]
+  batch = {"index": index.astype(np.int32), "position": positions.astype(np.int32),
+           "label": labels[index].astype(np.int32)}
+  for name, view in views.items():
+    batch[name] = view(raw, rnd)
+  return batch
+
+
+def derive_seed(seed: int, *keys: int) -> int:
+  """An independent stream seed for (seed, *keys), e.g. one per (epoch, network) in DivideMix."""
+  return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])
+
+
+def co_divided_stream(images, labels: np.ndarray, indices: np.ndarray, labelled: np.ndarray,
+                      unlabelled: np.ndarray, *, batch_size: int, seed: int, views: Mapping[str, View],
+                      read_threads: int = 1, prefetch: int = 2) -> tuple[Iterator[dict[str, np.ndarray]], int]:
+  """One epoch of DivideMix batches over a labelled/unlabelled division of `indices`, and its number of steps.
+
+  `labelled` and `unlabelled` are positions in `indices`; U must not be empty unless L is. The epoch has one step
+  per labelled batch, ⌈|L|/batch_size⌉ (none for an empty L); the last one is completed with the first examples
+  of a reshuffle of L (fixed shapes under jit; dropping it would skip up to batch_size−1 labelled examples,
+  padding would corrupt BatchNorm and mixup). The unlabelled batches cycle through successive reshuffles of U.
+  Each step's batch holds `batch_size` labelled rows (`index`, `position`, `label`, one array per view) and as
+  many unlabelled rows (the same keys prefixed `u_`, no label). Everything is a pure function of (`seed`, step):
+  derive `seed` from (run seed, epoch, network).
+  """
+  indices, labelled, unlabelled = np.asarray(indices), np.asarray(labelled), np.asarray(unlabelled)
+  rows = parallel.process_rows(batch_size)
+  labelled_seed, unlabelled_seed, view_seed = (derive_seed(seed, k) for k in range(3))
+  labelled_batches = (grain.MapDataset.range(len(labelled)).shuffle(seed=labelled_seed).repeat(None)
+                      .batch(batch_size, drop_remainder=True))
+  unlabelled_batches = (grain.MapDataset.range(len(unlabelled)).shuffle(seed=unlabelled_seed).repeat(None)
+                        .batch(batch_size, drop_remainder=True))
+  num_steps = steps_per_epoch(len(labelled), batch_size)
+
+  def load(step: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    rnd = BatchRandom(rng, rows, batch_size)
+    batch = _load_rows(images, labels, indices, labelled[labelled_batches[step][rows]], views, rnd)
+    other = _load_rows(images, labels, indices, unlabelled[unlabelled_batches[step][rows]], views, rnd)
+    del other["label"]  # unlabelled: the step must not see it
+    return {**batch, **{f"u_{k}": v for k, v in other.items()}}
+
+  dataset = grain.MapDataset.range(num_steps).seed(view_seed).random_map(load)
+  stream = iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch)))
+  return stream, num_steps
 
 
 def eval_batches(images, indices: np.ndarray, batch_size: int,
@@ -79,8 +123,8 @@ def eval_batches(images, indices: np.ndarray, batch_size: int,
 class EpochData:
   """One epoch of training data as a learner sees it: the (sub)set `indices` of the training set, its noisy
   `labels`, the views to produce, and the epoch's position in a seeded stream. `batches()` is the standard
-  shuffled stream; learners that re-partition the data every epoch (DivideMix) call `train_stream` on their
-  own subsets of `indices`."""
+  shuffled stream; learners that re-partition the data every epoch (DivideMix) build their own streams over
+  `indices` (`co_divided_stream`)."""
   images: object
   labels: np.ndarray
   indices: np.ndarray
@@ -89,6 +133,7 @@ class EpochData:
   epoch: int
   views: Mapping[str, View]
   desc: str
+  phase: str = "train"  # "warmup" (before selection) or "train" (on the subset); DivideMix warms up in the former
 
   @property
   def steps(self) -> int:

@@ -2,8 +2,10 @@
 
 from prune4rel_jax.learners.base import Learner, TrainState
 from prune4rel_jax.learners.ce import CrossEntropy
+from prune4rel_jax.learners.dividemix import DivideMix
+from prune4rel_jax.learners.sop import SOPPlus
 from prune4rel_jax.registry import Registry
 
 LEARNERS = Registry("learner")
-for _learner in (CrossEntropy,):
+for _learner in (CrossEntropy, DivideMix, SOPPlus):
   LEARNERS.register(_learner.name)(_learner)

@@ -3,13 +3,16 @@
 from prune4rel_jax.registry import Registry
 from prune4rel_jax.selection.base import Method, SelectionInputs, budget_for
 from prune4rel_jax.selection.cal import Cal
+from prune4rel_jax.selection.deepfool import DeepFool
 from prune4rel_jax.selection.geometry import ContextualDiversity, Herding, KCenterGreedy
 from prune4rel_jax.selection.glister import Glister
+from prune4rel_jax.selection.gradmatch import GradMatch
 from prune4rel_jax.selection.prune4rel import Prune4ReL
 from prune4rel_jax.selection.scoring import EL2N, Forgetting, GraNd, Moderate, SmallLoss, Uncertainty
+from prune4rel_jax.selection.submodular import Craig, Submodular
 from prune4rel_jax.selection.uniform import Uniform
 
 METHODS = Registry("selection method")
 for _method in (Uniform, SmallLoss, Uncertainty, Forgetting, GraNd, EL2N, Moderate, KCenterGreedy, Herding,
-                ContextualDiversity, Cal, Glister, Prune4ReL):
+                ContextualDiversity, Cal, Glister, Craig, GradMatch, Submodular, DeepFool, Prune4ReL):
   METHODS.register(_method.name)(_method)

@@ -20,6 +20,7 @@ class SelectionInputs:
   forgetting_events: np.ndarray | None = None  # [N] correct→incorrect flips over every warm-up mini-batch
   grad_norms: np.ndarray | None = None  # [N, R] last-layer gradient norms (GraNd), one column per warm-up run
   error_norms: np.ndarray | None = None  # [N, R] ‖softmax − onehot(label)‖ (EL2N), one column per warm-up run
+  deepfool_norms: np.ndarray | None = None  # [N] ‖r‖² of the DeepFool perturbation that flips the prediction
 
   @property
   def probs(self) -> np.ndarray:
@@ -46,6 +47,12 @@ class Method:
   def defaults(cls) -> ml_collections.ConfigDict:
     """This method's options (its `config.selection.<name>` section), defaults = the original's."""
     return ml_collections.ConfigDict()
+
+  def record_network(self, network) -> dict[str, np.ndarray]:
+    """The `SelectionInputs` fields that need a warmed-up network itself (a `records.Network`), not only its
+    outputs, e.g. DeepFool's attacks; called once per warm-up run. Most methods need none."""
+    del network
+    return {}
 
   def select(self, inputs: SelectionInputs, budget: int) -> np.ndarray:
     """Indices into the training set, `budget` of them, in the order they were chosen."""

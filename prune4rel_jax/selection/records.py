@@ -2,10 +2,12 @@
 
 `warm_up` (train.py) trains the learner on the full noisy set, feeds every train step's per-example outputs to a
 `ForgettingRecorder` when the method counts forgetting events, then turns one evaluation-mode pass into the
-`SelectionInputs` fields the method `needs` (`record_run`). Per-example scores are jitted, vmapped functions run
-over example-sharded chunks (`map_examples`), so they are data-parallel like training.
+`SelectionInputs` fields the method `needs` (`record_run`); fields that need the network itself (DeepFool's
+attacks, `record_deepfool`) come from `Method.record_network`, given a `Network`. Per-example scores are jitted,
+vmapped functions run over example-sharded chunks (`map_examples`), so they are data-parallel like training.
 """
 
+import dataclasses
 from collections.abc import Callable, Mapping
 
 import jax
@@ -58,20 +60,23 @@ class ForgettingRecorder:
 
 
 def map_examples(fn: Callable[..., jax.Array], mesh: jax.sharding.Mesh, *arrays: np.ndarray,
-                 shared: tuple[np.ndarray, ...] = (), floats_per_row: int | None = None) -> np.ndarray:
+                 shared: tuple = (), floats_per_row: int | None = None, max_rows: int | None = None) -> np.ndarray:
   """`fn(*chunks, *shared)` jitted over example-sharded chunks of `arrays` (a batched function of per-example
-  rows), with the `shared` arrays replicated on every device; the last chunk is padded with row 0 and trimmed.
-  A chunk holds at most `CHUNK_FLOATS / floats_per_row` rows (`floats_per_row`: the largest per-example
-  intermediate of `fn`, by default its widest input row)."""
+  rows); `shared` host arrays are replicated on every device, `shared` pytrees of device arrays (a network state)
+  are used where they are. The last chunk is padded with row 0 and trimmed. A chunk holds at most
+  `CHUNK_FLOATS / floats_per_row` rows (`floats_per_row`: the largest per-example intermediate of `fn`, by
+  default its widest input row) and at most `max_rows` (rounded up to a multiple of the devices)."""
   n = len(arrays[0])
   devices = mesh.devices.size
   floats_per_row = floats_per_row or max(int(np.prod(a.shape[1:], dtype=np.int64)) for a in arrays)
   rows = max(devices, CHUNK_FLOATS // max(floats_per_row, 1) // devices * devices)
-  rows = min(rows, -(-n // devices) * devices)
+  rows = min(rows, -(-min(n, max_rows or n) // devices) * devices)
   sharding = parallel.example_sharded(mesh)
-  jitted = jax.jit(fn, in_shardings=(sharding,) * len(arrays) + (parallel.replicated(mesh),) * len(shared),
+  shared = [jax.make_array_from_callback(a.shape, parallel.replicated(mesh), lambda i, a=a: a[i])
+            if isinstance(a, np.ndarray) else a for a in shared]
+  jitted = jax.jit(fn, in_shardings=(sharding,) * len(arrays) + tuple(jax.tree.map(lambda x: x.sharding, a)
+                                                                         for a in shared),
                    out_shardings=sharding)
-  shared = [jax.make_array_from_callback(a.shape, parallel.replicated(mesh), lambda i, a=a: a[i]) for a in shared]
   out = []
   for start in range(0, n, rows):
     chunk = [np.asarray(a[start:start + rows]) for a in arrays]
@@ -107,10 +112,91 @@ def grad_norms(logits: jax.Array, features: jax.Array, labels: jax.Array) -> jax
   return jax.vmap(_example_grad_norm)(logits.astype(jnp.float32), features.astype(jnp.float32), labels)
 
 
+def loss_residuals(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """∂CE/∂logits per example (= softmax − onehot(label)), by `vmap(grad)`: the bias gradient r of the final
+  Linear layer, whose weight gradient is r ⊗ features (DeepCore's `calc_gradient` embeddings are [r, r ⊗ e])."""
+  def loss(z, y):
+    return cross_entropy(z[None], y[None])[0]
+  return jax.vmap(jax.grad(loss))(logits.astype(jnp.float32), labels)
+
+
 def error_norms(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """EL2N (Paul et al. 2021): ‖softmax(logits) − onehot(label)‖₂."""
   probs = jax.nn.softmax(logits.astype(jnp.float32))
   return jnp.linalg.norm(probs - jax.nn.one_hot(labels, logits.shape[-1]), axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Network:
+  """A warmed-up network, for records that need the network itself rather than its outputs (DeepFool):
+  `predict(state, images) -> (logits, features)` in evaluation mode, the training images it scores, the
+  per-channel std the model normalises pixels by (perturbations are measured on normalised inputs) and how many
+  images one jitted chunk may hold."""
+  predict: Callable
+  state: object
+  images: np.ndarray
+  std: tuple[float, ...]
+  batch_size: int
+
+
+def deepfool_norms(logits_of: Callable[[jax.Array], jax.Array], images: jax.Array, scale: jax.Array,
+                   max_iter: int) -> jax.Array:
+  """‖r‖² of the DeepFool perturbation (Moosavi-Dezfooli et al. 2016, as DeepCore: no overshoot) that flips each
+  image's prediction, r in normalised-input units (pixels move by r·`scale`).
+
+  A step linearises every logit around the current point and moves onto the nearest linearised boundary between
+  the original prediction k̂ and another class k: r = |f_k − f_k̂| / ‖w_k‖² · w_k, w_k = ∇f_k − ∇f_k̂. An example
+  stops once its prediction changes, all stop after `max_iter` steps. The C input gradients of a step come from
+  one forward pass and C backward passes (`lax.map` over one-hot cotangents: one backward's memory at a time)."""
+  x0 = images.astype(jnp.float32)
+  batch = jnp.arange(x0.shape[0])
+
+  def logits_at(u):
+    return logits_of(x0 + u * scale).astype(jnp.float32)
+
+  zero = jnp.zeros_like(x0)
+  start = logits_at(zero)
+  first = jnp.argmax(start, -1)
+  classes = jax.nn.one_hot(first, start.shape[-1], dtype=bool)
+
+  def step(carry):
+    i, u, active = carry
+    f, pullback = jax.vjp(logits_at, u)
+    cotangents = jnp.broadcast_to(jnp.eye(f.shape[-1], dtype=f.dtype)[:, None, :], (f.shape[-1],) + f.shape)
+    grads = jax.lax.map(lambda c: pullback(c)[0].reshape(f.shape[0], -1), cotangents)  # [C, B, D]
+    w = grads - grads[first, batch][None]
+    norms = jnp.linalg.norm(w, axis=-1).T  # [B, C]
+    gaps = jnp.abs(f - f[batch, first][:, None])
+    distances = jnp.where(classes | (norms == 0), jnp.inf, gaps / jnp.where(norms == 0, 1.0, norms))
+    target = jnp.argmin(distances, -1)
+    length = distances[batch, target] / norms[batch, target]
+    moving = active & jnp.isfinite(length)
+    r = jnp.where(moving[:, None], length[:, None] * w[target, batch], 0.0)
+    u = u + r.reshape(u.shape)
+    return i + 1, u, active & (jnp.argmax(logits_at(u), -1) == first)
+
+  def unfinished(carry):
+    i, _, active = carry
+    return (i < max_iter) & jnp.any(active)
+
+  u = jax.lax.while_loop(unfinished, step, (0, zero, jnp.ones(first.shape, bool)))[1]
+  return jnp.sum(u.reshape(u.shape[0], -1) ** 2, -1)
+
+
+def record_deepfool(network: Network, mesh: jax.sharding.Mesh, max_iter: int) -> np.ndarray:
+  """`deepfool_norms` of every training image, over example-sharded chunks of at most `network.batch_size`
+  images (DeepCore attacks `selection_batch` images at a time)."""
+  scale = 255.0 * np.asarray(network.std, np.float32)
+
+  def attack(images, state):
+    return deepfool_norms(lambda x: network.predict(state, x)[0], images, scale, max_iter)
+
+  images = network.images
+  one_image = jax.ShapeDtypeStruct((1, *images.shape[1:]), jnp.uint8)
+  num_classes = jax.eval_shape(network.predict, network.state, one_image)[0].shape[-1]
+  pixels = int(np.prod(images.shape[1:]))
+  return map_examples(attack, mesh, images, shared=(network.state,), floats_per_row=(num_classes + 1) * pixels,
+                      max_rows=network.batch_size)  # the C input gradients of a chunk: [C, rows, pixels]
 
 
 def record_run(needs: frozenset[str], labels: np.ndarray, mesh: jax.sharding.Mesh,

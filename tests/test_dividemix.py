@@ -1,0 +1,238 @@
+"""DivideMix: the MixMatch pieces and the GMM against NumPy/scikit-learn, the labelled/unlabelled stream, one
+co-training step on one vs eight devices, and the quickstart pipeline end to end (with a checkpoint restore)."""
+
+import json
+import os
+import sys
+
+import jax
+import numpy as np
+import pytest
+from sklearn.cluster import KMeans
+from sklearn.mixture import GaussianMixture
+
+from prune4rel_jax import checkpoint, parallel, train
+from prune4rel_jax.config import default_config
+from prune4rel_jax.data import digits, pipeline
+from prune4rel_jax.data.augment import make_view
+from prune4rel_jax.errors import UserError
+from prune4rel_jax.learners import LEARNERS, dividemix, gmm
+from prune4rel_jax.models import create_model
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def fast_compilation():
+  """Tiny models: XLA's optimisation passes cost more than they save."""
+  previous = jax.config.values["jax_disable_most_optimizations"]
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", previous)
+
+
+def _softmax(z):
+  e = np.exp(z - z.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+def test_co_targets_mixup_and_losses_match_numpy():
+  rng = np.random.default_rng(0)
+  b, c = 3, 4
+  net_x1, net_x2, net_u1, net_u2, peer_u1, peer_u2 = (_softmax(rng.normal(size=(b, c))) for _ in range(6))
+  labels, weights = np.array([0, 2, 3]), np.array([0.9, 0.2, 0.6])
+
+  def squared(p):  # sharpening at T = 0.5
+    return p**2 / (p**2).sum(-1, keepdims=True)
+
+  want_x = squared(weights[:, None] * np.eye(c)[labels] + (1 - weights[:, None]) * (net_x1 + net_x2) / 2)
+  want_u = squared((net_u1 + net_u2 + peer_u1 + peer_u2) / 4)
+  got_x, got_u = dividemix.co_targets((net_x1, net_x2), (net_u1, net_u2), (peer_u1, peer_u2), labels, weights, 0.5)
+  np.testing.assert_allclose(got_x, want_x, rtol=1e-6)
+  np.testing.assert_allclose(got_u, want_u, rtol=1e-6)
+  p = net_x1
+  np.testing.assert_allclose(dividemix.sharpen(p, 0.25), p**4 / (p**4).sum(-1, keepdims=True), rtol=1e-6)
+
+  inputs = rng.normal(size=(4 * b, 2, 2, 1)).astype(np.float32)
+  targets = np.concatenate([want_x, want_x, want_u, want_u]).astype(np.float32)
+  perm = rng.permutation(4 * b)
+  for lam in (0.3, 0.7):  # λ' = max(λ, 1 − λ) = 0.7 either way
+    mixed_inputs, mixed_targets = dividemix.mixup(inputs, targets, np.float32(lam), perm)
+    np.testing.assert_allclose(mixed_inputs, 0.7 * inputs + 0.3 * inputs[perm], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(mixed_targets, 0.7 * targets + 0.3 * targets[perm], rtol=1e-6, atol=1e-7)
+
+  logits = rng.normal(size=(4 * b, c)).astype(np.float32)
+  log_probs = np.log(_softmax(logits.astype(np.float64)))
+  probs = np.exp(log_probs)
+  want = (-np.mean(np.sum(mixed_targets[:2 * b] * log_probs[:2 * b], axis=1)),
+          np.mean((probs[2 * b:] - mixed_targets[2 * b:]) ** 2),
+          np.sum(0.25 * np.log(0.25 / probs.mean(0))))
+  np.testing.assert_allclose(dividemix.mixmatch_losses(logits, mixed_targets, 2 * b), want, rtol=1e-5)
+  # "partners": only the first 2B mixed rows are forwarded; no L_u, the prior term over those rows
+  partners = dividemix.mixmatch_losses(logits[:2 * b], mixed_targets[:2 * b], 2 * b)
+  np.testing.assert_allclose(partners, (want[0], 0.0, np.sum(0.25 * np.log(0.25 / probs[:2 * b].mean(0)))),
+                             rtol=1e-5)
+
+
+def _planted_losses(n=3000, seed=0):
+  """Min-max normalised losses: 60 % clean examples around 0.1, 40 % noisy ones around 0.6."""
+  rng = np.random.default_rng(seed)
+  clean = rng.random(n) < 0.6
+  x = np.where(clean, rng.normal(0.1, 0.05, n), rng.normal(0.6, 0.15, n)).clip(0, None)
+  return (x - x.min()) / (x.max() - x.min()), clean
+
+
+def test_gmm_recovers_a_planted_split_and_matches_sklearn():
+  x, clean = _planted_losses()
+  prob = gmm.clean_probability(x, reg_covar=5e-4, max_iter=10, tol=1e-2, seed=3)
+  assert ((prob > 0.5) == clean).mean() > 0.98
+
+  labels = gmm.kmeans_labels(x, np.random.default_rng(1))
+  sk_labels = KMeans(n_clusters=2, n_init=1, random_state=0).fit(x[:, None]).labels_
+  assert np.array_equal(labels, sk_labels) or np.array_equal(labels, 1 - sk_labels)
+
+  mixture = gmm.fit(x, labels, reg_covar=5e-4, max_iter=10, tol=1e-2)
+  counts = np.bincount(labels, minlength=2) + 10 * np.finfo(np.float64).eps
+  means = np.array([x[labels == k].mean() for k in (0, 1)])
+  variances = np.array([x[labels == k].var() for k in (0, 1)]) + 5e-4
+  reference = GaussianMixture(n_components=2, max_iter=10, tol=1e-2, reg_covar=5e-4, weights_init=counts / len(x),
+                              means_init=means[:, None], precisions_init=1 / variances[:, None, None]).fit(x[:, None])
+  assert mixture.iterations == reference.n_iter_ and mixture.converged == reference.converged_
+  np.testing.assert_allclose(mixture.weights, reference.weights_, atol=1e-6)
+  np.testing.assert_allclose(mixture.means, reference.means_[:, 0], atol=1e-6)
+  np.testing.assert_allclose(mixture.variances, reference.covariances_.ravel(), atol=1e-6)
+  np.testing.assert_allclose(gmm.posteriors(x, mixture), reference.predict_proba(x[:, None]), atol=1e-6)
+
+
+def _views(padding):
+  cfg = default_config().data
+  cfg.crop_padding, cfg.flip = padding, False
+  return {name: make_view(name, cfg) for name in dividemix.DivideMix.views}
+
+
+def _stream(labelled, unlabelled, seed, batch_size=4):
+  images = (np.arange(60 * 16).reshape(60, 4, 4, 1) * 7 % 251).astype(np.uint8)
+  labels = np.arange(60) % 10
+  indices = np.random.default_rng(0).permutation(60)[:40]
+  stream, steps = pipeline.co_divided_stream(images, labels, indices, np.asarray(labelled), np.asarray(unlabelled),
+                                             batch_size=batch_size, seed=seed, views=_views(1))
+  return list(stream), steps, images, labels, indices
+
+
+def _crops(image):
+  """The 9 crops a 1-pixel shift can produce from `image`."""
+  padded = np.pad(image, ((1, 1), (1, 1), (0, 0)))
+  return [padded[i:i + 4, j:j + 4] for i in range(3) for j in range(3)]
+
+
+def test_labelled_unlabelled_stream_steps_cycling_and_determinism():
+  labelled, unlabelled = np.arange(0, 20, 2), np.array([1, 5, 9, 13, 17])
+  batches, steps, images, labels, indices = _stream(labelled, unlabelled, seed=7)
+  assert steps == len(batches) == 3  # ⌈10 / 4⌉ labelled batches
+  seen = np.concatenate([b["position"] for b in batches])
+  assert sorted(seen[:10]) == list(labelled) and set(seen[10:]) <= set(labelled)  # completed from a reshuffle
+  cycled = np.concatenate([b["u_position"] for b in batches])  # 12 rows from a set of 5: 2 passes and a part
+  assert sorted(cycled[:5]) == sorted(cycled[5:10]) == list(unlabelled) and set(cycled[10:]) <= set(unlabelled)
+  assert list(cycled[:5]) != list(cycled[5:10])  # reshuffled per pass
+  for b in batches:
+    assert "u_label" not in b
+    for prefix in ("", "u_"):
+      np.testing.assert_array_equal(b[prefix + "index"], indices[b[prefix + "position"]])
+      for row, index in enumerate(b[prefix + "index"]):
+        for view in ("image", "image2"):
+          assert any(np.array_equal(b[prefix + view][row], crop) for crop in _crops(images[index]))
+    np.testing.assert_array_equal(b["label"], labels[b["index"]])
+  assert any(not np.array_equal(b["image"], b["image2"]) for b in batches)  # independent views
+
+  again, _, _, _, _ = _stream(labelled, unlabelled, seed=7)
+  for a, b in zip(batches, again):
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+  other, _, _, _, _ = _stream(labelled, unlabelled, seed=8)
+  assert not all(np.array_equal(a["position"], b["position"]) for a, b in zip(batches, other))
+  assert _stream([], unlabelled, seed=7)[1] == 0
+
+
+def _config():
+  c = default_config()
+  c.model.name = "small_cnn"
+  c.model.small_cnn.width = 8
+  c.data.crop_padding, c.data.flip = 1, False
+  c.batch_size, c.eval_batch_size = 32, 16
+  c.learner.name = "dividemix"
+  c.learner.dividemix.warmup_epochs = 0
+  return c
+
+
+def _one_co_training_step(devices):
+  config, data = _config(), digits.load()
+  mesh = parallel.make_mesh(devices)
+  model = create_model(config.model, data.num_classes, data.mean, data.std)
+  learner = LEARNERS.get("dividemix")(config, model, data.num_classes, mesh)
+  indices = np.arange(40)
+  epoch = pipeline.EpochData(data.train_images, data.train_labels, indices, config.batch_size, 0, 0,
+                             _views(1), "test")
+  state = learner.init(jax.random.key(0), data.image_shape, len(indices))
+  losses = learner._eval_losses(state, epoch)
+  planted = np.stack([_planted_losses(len(indices), seed)[0] for seed in (1, 2)]).astype(np.float32)
+  state, probs = learner._divide(state, planted, epoch)
+  clean = probs[1] > 0.5
+  stream, _ = pipeline.co_divided_stream(data.train_images, data.train_labels, indices, np.flatnonzero(clean),
+                                         np.flatnonzero(~clean), batch_size=16, seed=0, views=epoch.views)
+  batch = next(stream)
+  batch = parallel.to_global(mesh, {**batch, "lambda_u": np.full(16, 25.0, np.float32)})
+  state, metrics, _ = learner.jitted_train_step(state)(state, batch, jax.random.key(1))
+  return losses, jax.device_get(state), jax.device_get(metrics)
+
+
+def test_one_and_eight_devices_give_the_same_co_training_step():
+  one, eight = _one_co_training_step(jax.devices()[:1]), _one_co_training_step(jax.devices())
+  np.testing.assert_allclose(one[0], eight[0], rtol=1e-5, atol=1e-6)
+  assert jax.tree.structure(one[1]) == jax.tree.structure(eight[1])
+  for a, b in zip(jax.tree.leaves(one[1]), jax.tree.leaves(eight[1])):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+  for k in one[2]:
+    np.testing.assert_allclose(one[2][k], eight[2][k], rtol=1e-5, atol=1e-7)
+  assert (one[1].nets[0].train.step, one[1].nets[1].train.step) == (1, 0)  # net1 trained, its peer untouched
+
+
+@pytest.mark.parametrize("field, value", [("p_threshold", 1.0), ("loss_history", 0), ("mix_unlabelled", "some"),
+                                          ("confidence_penalty", "maybe"), ("temperature", 0.0)])
+def test_bad_hyperparameters_name_the_field(field, value):
+  config = _config()
+  config.learner.dividemix[field] = value
+  with pytest.raises(UserError, match=f"learner.dividemix.{field}"):
+    LEARNERS.get("dividemix")(config, None, 10, parallel.make_mesh())
+
+
+def test_quickstart_with_dividemix_warms_up_divides_and_restores(tmp_path):
+  sys.path.insert(0, os.path.join(REPO, "configs"))
+  try:
+    import quickstart
+  finally:
+    sys.path.pop(0)
+  config = quickstart.get_config()
+  config.model.small_cnn.width = 8
+  config.epochs = 2
+  config.selection.name, config.selection.warmup_epochs = "small_loss", 1  # scores the warmed-up DivideMix
+  config.learner.name = "dividemix"
+  config.learner.dividemix.warmup_epochs = 1
+  summary = train.train_and_evaluate(config, str(tmp_path))
+  assert 0.0 <= summary["test_accuracy"] <= 1.0
+
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [(r["phase"], r["epoch"]) for r in records] == [("warmup", 0), ("train", 0), ("train", 1)]
+  assert all(np.isfinite(r["loss"]) for r in records)
+  assert "labelled_net1" not in records[1] and 0 < records[2]["labelled_net1"] < 1
+  assert 0 < records[2]["lambda_u"] < config.learner.dividemix.lambda_u  # ramping up
+
+  data = digits.load()
+  mesh = parallel.make_mesh()
+  model = create_model(config.model, data.num_classes, data.mean, data.std)
+  learner = LEARNERS.get("dividemix")(config, model, data.num_classes, mesh)
+  with checkpoint.Checkpoints(str(tmp_path), config.checkpoint) as checkpoints:
+    snapshot = checkpoints.restore_latest(lambda n: learner.init(jax.random.key(0), data.image_shape, n))
+  assert snapshot.epoch == 2 and isinstance(snapshot.state, dividemix.DivideMixState)
+  prob = snapshot.state.nets[1].clean_prob
+  assert prob.sharding.spec == parallel.example_sharded(mesh).spec
+  n = summary["subset_size"]
+  assert np.mean(np.asarray(prob)[:n] > 0.5) == pytest.approx(records[2]["labelled_net1"])  # net1 trained on it
