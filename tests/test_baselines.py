@@ -262,6 +262,7 @@ def test_warm_up_recorders_end_to_end(tmp_path):
   for name in ("forgetting", "grand"):
     config = quickstart.get_config()
     config.epochs, config.selection.warmup_epochs, config.model.small_cnn.width = 0, 1, 8  # no retraining
+    config.learner.name = "ce"
     config.selection.name = name
     config.selection.grand.repeat = 2
     summary = train.train_and_evaluate(config, str(tmp_path / name))

@@ -22,8 +22,8 @@ def _quickstart():
 
 
 def test_quickstart_writes_a_complete_run_directory(tmp_path):
-  config = _quickstart()
-  config.epochs = 2
+  config = _quickstart()  # the main job (SOP+ warm-up, Prune4ReL, SOP+ re-training), shortened
+  config.epochs, config.selection.warmup_epochs = 2, 2
   config.model.small_cnn.width = 8
   summary = train.train_and_evaluate(config, str(tmp_path))
   for name in ("config.json", "metrics.jsonl", "selected_indices.npy", "summary.json", "curves.png"):
@@ -34,7 +34,8 @@ def test_quickstart_writes_a_complete_run_directory(tmp_path):
   assert [r["epoch"] for r in records if r["phase"] == "train"] == [0, 1]
   assert 0.0 <= summary["test_accuracy"] <= 1.0
   assert abs(summary["noise_rate_full"] - 0.4) < 1e-9  # symmetric noise flips exactly round(0.4·N) labels
-  assert 0.3 < summary["noisy_share_of_subset"] < 0.5  # a uniform subset keeps about the same share
+  assert (summary["learner"], summary["selection"]) == ("sop_plus", "prune4rel")
+  assert 0.0 <= summary["noisy_share_of_subset"] <= 1.0
 
 
 def _cli(*args, cwd=REPO):

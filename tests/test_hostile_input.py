@@ -45,7 +45,8 @@ def _config(**overrides):
   finally:
     sys.path.pop(0)
   config = quickstart.get_config()
-  config.update_from_flattened_dict({"epochs": 1, "model.small_cnn.width": 8, **overrides})
+  config.update_from_flattened_dict({"epochs": 1, "model.small_cnn.width": 8, "learner.name": "ce",
+                                     "selection.name": "uniform", **overrides})
   return config
 
 
@@ -133,7 +134,8 @@ def test_run_dir_with_a_different_config_is_refused_unless_resumed_or_overwritte
 
 def test_non_finite_loss_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
   # Epoch 1 trains normally; from epoch 2 the learning rate is 5e28, so the parameters overflow.
-  config = _config(epochs=3, **{"optim.schedule": "multistep", "optim.milestones": (1,), "optim.gamma": 1e30})
+  config = _config(epochs=3, **{"optim.schedule": "multistep", "optim.milestones": (1,), "optim.gamma": 1e30,
+                               "checkpoint.every_epochs": 1})
   workdir = tmp_path / "run"
   with pytest.raises(UserError, match=r"^train epoch 2/3, step \d+/\d+: the loss is (nan|inf)"):
     train.train_and_evaluate(config, str(workdir))

@@ -18,6 +18,7 @@ from test_resume import DRIVER, FAST_COMPILATION_ENV, final_params
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS = 1
 FLAGS = [f"--config.epochs={EPOCHS}", "--config.model.small_cnn.width=8", "--config.selection.warmup_epochs=1",
+         "--config.learner.name=ce",
          "--config.selection.name=most_confident_for_tests", "--config.selection.fraction=0.4"]
 
 

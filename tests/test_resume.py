@@ -50,7 +50,7 @@ def fast_compilation():
   jax.config.update("jax_disable_most_optimizations", previous)
 
 
-OVERRIDES = {"epochs": EPOCHS, "model.small_cnn.width": 8, "selection.name": MostConfident.name,
+OVERRIDES = {"epochs": EPOCHS, "model.small_cnn.width": 8, "learner.name": "ce", "selection.name": MostConfident.name,
              "selection.warmup_epochs": 1, "selection.fraction": 0.4, "checkpoint.keep": 2}
 
 
