@@ -6,8 +6,6 @@ import json
 import os
 import sys
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 
@@ -29,13 +28,7 @@ def _defective(cfg):
   return dataclasses.replace(dataset, name="defective_for_tests", **_DEFECT.get("change", lambda f: f)(fields))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def fast_compilation():
-  """Tiny models: XLA's optimisation passes cost more than they save. Subprocesses get the same setting."""
-  previous = jax.config.values["jax_disable_most_optimizations"]
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compilation")
 
 
 def _config(**overrides):

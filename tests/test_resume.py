@@ -41,13 +41,7 @@ class MostConfident(Method):
     return np.argsort(-confidence, kind="stable")[:budget]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def fast_compilation():
-  """Tiny models: XLA's optimisation passes cost more than they save. Subprocesses get the same setting."""
-  previous = jax.config.values["jax_disable_most_optimizations"]
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compilation")
 
 
 OVERRIDES = {"epochs": EPOCHS, "model.small_cnn.width": 8, "learner.name": "ce", "selection.name": MostConfident.name,

@@ -20,13 +20,7 @@ from prune4rel_jax.models import create_model
 EPS = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def fast_compilation():
-  """Tiny models: XLA's optimisation passes cost more than they save (as in test_resume.py)."""
-  previous = jax.config.values["jax_disable_most_optimizations"]
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compilation")
 
 
 # ---- a plain NumPy SOP(+) loss --------------------------------------------------------------------------------

@@ -20,8 +20,7 @@ import numpy as np
 from prune4rel_jax import parallel
 from prune4rel_jax.errors import UserError
 from prune4rel_jax.selection.base import Method, SelectionInputs
-from prune4rel_jax.selection.submodular import (HIGHEST, gradient_factors, gradient_gram, group_similarity, padded,
-                                                selection_groups)
+from prune4rel_jax.selection.submodular import HIGHEST, gradient_gram, group_matrices
 
 
 @functools.partial(jax.jit, static_argnames=("size",))
@@ -34,7 +33,8 @@ def orthogonal_matching_pursuit(gram: jax.Array, target: jax.Array, candidates: 
 
   def step(t, carry):
     available, order, factor, coefficients = carry
-    projections = target - jnp.dot(gram[:, order], coefficients, precision=HIGHEST)
+    weights = jnp.zeros(gram.shape[0], gram.dtype).at[order].add(coefficients)  # unused slots hold 0 at row 0
+    projections = target - jnp.dot(gram, weights, precision=HIGHEST)
     p = jnp.argmax(jnp.where(available, projections, -jnp.inf))
     order = order.at[t].set(p)
     # Row t of the Cholesky factor of G_SS + λI: the earlier rows are fixed, the padding is the identity.
@@ -51,8 +51,9 @@ def orthogonal_matching_pursuit(gram: jax.Array, target: jax.Array, candidates: 
   return jax.lax.fori_loop(0, count, step, start)[1]
 
 
-def gram_and_target(residuals, augmented, valid):
+def gram_and_target(residuals, augmented, classes, valid):
   """The group's Gram matrix (zero outside `valid`) and ⟨g_i, mean_{j valid} g_j⟩."""
+  del classes
   gram = jnp.where(valid[:, None] & valid[None, :], gradient_gram(residuals, augmented), 0.0)
   return gram, jnp.sum(gram, 1) / jnp.sum(valid)
 
@@ -73,17 +74,10 @@ class GradMatch(Method):
   def select(self, inputs: SelectionInputs, budget: int) -> np.ndarray:
     """DeepCore keeps only the picks with a non-zero final NNLS weight, so it may return fewer than k; here
     all k OMP picks are returned, in pick order."""
-    residuals, augmented = gradient_factors(inputs, self.mesh)
-    groups = selection_groups(inputs.labels, inputs.num_classes, budget, self.cfg.balance)
-    devices = self.mesh.devices.size
-    rows = -(-max(len(m) for m, _ in groups) // devices) * devices
-    size = max(count for _, count in groups)
     picked = []
-    for members, count in groups:
-      valid = np.arange(rows) < len(members)
-      gram, target = group_similarity(self.mesh, gram_and_target, padded(residuals[members], rows),
-                                      padded(augmented[members], rows), valid)
-      order = orthogonal_matching_pursuit(gram, target, jnp.asarray(valid), jnp.int32(count),
-                                          float(self.hp.lam), size=size)
+    for members, count, (gram, target), size in group_matrices(self.mesh, inputs, budget, self.cfg.balance,
+                                                                gram_and_target):
+      candidates = jnp.arange(gram.shape[0]) < len(members)
+      order = orthogonal_matching_pursuit(gram, target, candidates, jnp.int32(count), float(self.hp.lam), size=size)
       picked.append(members[parallel.to_host(order)[:count]])
     return np.concatenate(picked)

@@ -281,40 +281,46 @@ def padded(array: np.ndarray, rows: int) -> np.ndarray:
   return np.concatenate([array, np.zeros((rows - len(array),) + array.shape[1:], array.dtype)])
 
 
+def group_matrices(mesh: jax.sharding.Mesh, inputs: SelectionInputs, budget: int, balance: bool, kernel):
+  """For each group (`selection_groups`): (members, picks, `kernel(r, ẽ, classes, valid)`, most picks of any
+  group). Every group is padded to the same number of rows (`valid` marks real ones; `classes` numbers the
+  group's noisy-label classes 0, 1, …), so one compilation of the kernel and of the greedy serves them all."""
+  residuals, augmented = gradient_factors(inputs, mesh)
+  labels = inputs.labels.astype(np.int32)
+  groups = selection_groups(labels, inputs.num_classes, budget, balance)
+  devices = mesh.devices.size
+  rows = -(-max(len(m) for m, _ in groups) // devices) * devices
+  size = max(count for _, count in groups)
+  for members, count in groups:
+    classes = np.unique(labels[members], return_inverse=True)[1].astype(np.int32)
+    arrays = [padded(a, rows) for a in (residuals[members], augmented[members], classes)]
+    yield members, count, group_similarity(mesh, kernel, *arrays, np.arange(rows) < len(members)), size
+
+
 class _GradientGreedy(Method):
-  """A greedy over one gradient-similarity matrix per group (`selection_groups`)."""
+  """A greedy over one gradient-similarity matrix per group; subclasses set `kernel` (the similarity) and
+  `function` (the objective)."""
   needs = frozenset({"logits", "features"})
   kernel = None
+  function = None
 
   def __init__(self, cfg, mesh, seed):
     super().__init__(cfg, mesh, seed)
     if self.hp.greedy not in OPTIMIZERS:
       raise UserError(f"selection.{self.name}.greedy={self.hp.greedy!r}; expected one of {', '.join(OPTIMIZERS)}")
 
-  def pick(self, similarity: jax.Array, members: np.ndarray, count: int, rows: int, size: int,
-           key: jax.Array) -> np.ndarray:
+  def pick(self, similarity: jax.Array, members: np.ndarray, count: int, size: int, key: jax.Array) -> np.ndarray:
     """The group's picks (positions in `members`), in order."""
     sample_size = stochastic_sample_size(len(members), count) if self.hp.greedy == "StochasticGreedy" else 1
-    order = maximise(similarity, jnp.arange(rows) < len(members), jnp.int32(count), key, function=self.function,
-                     optimizer=self.hp.greedy, size=size, sample_size=sample_size)
+    order = maximise(similarity, jnp.arange(similarity.shape[0]) < len(members), jnp.int32(count), key,
+                     function=self.function, optimizer=self.hp.greedy, size=size, sample_size=sample_size)
     return parallel.to_host(order)[:count]
 
   def select(self, inputs: SelectionInputs, budget: int) -> np.ndarray:
-    residuals, augmented = gradient_factors(inputs, self.mesh)
-    labels = inputs.labels.astype(np.int32)
-    groups = selection_groups(labels, inputs.num_classes, budget, self.cfg.balance)
-    devices = self.mesh.devices.size
-    rows = -(-max(len(m) for m, _ in groups) // devices) * devices
-    size = max(count for _, count in groups)
     key = jax.random.key(self.seed)
-    picked = []
-    for g, (members, count) in enumerate(groups):
-      classes = np.unique(labels[members], return_inverse=True)[1].astype(np.int32)  # 0 … (classes in group − 1)
-      arrays = [padded(a, rows) for a in (residuals[members], augmented[members], classes)]
-      similarity = group_similarity(self.mesh, self.kernel, *arrays, np.arange(rows) < len(members))
-      picks = self.pick(similarity, members, count, rows, size, jax.random.fold_in(key, g))
-      picked.append(members[picks])
-    return np.concatenate(picked)
+    groups = group_matrices(self.mesh, inputs, budget, self.cfg.balance, self.kernel)
+    return np.concatenate([members[self.pick(similarity, members, count, size, jax.random.fold_in(key, g))]
+                           for g, (members, count, similarity, size) in enumerate(groups)])
 
 
 class Submodular(_GradientGreedy):
@@ -357,8 +363,8 @@ class Craig(_GradientGreedy):
     self.weights = np.concatenate(self.weights)
     return picked
 
-  def pick(self, similarity, members, count, rows, size, key):
-    picks = super().pick(similarity, members, count, rows, size, key)
+  def pick(self, similarity, members, count, size, key):
+    picks = super().pick(similarity, members, count, size, key)
     by_index = np.sort(picks)
     columns = parallel.to_host(jnp.take(similarity, jnp.asarray(by_index), axis=1))[:len(members)]
     nearest = by_index[np.argmax(columns, axis=1)]
