@@ -32,6 +32,8 @@ _LEARNERS = flags.DEFINE_list("learners", ["ce"], "learners")
 _FRACTIONS = flags.DEFINE_list("fractions", ["0.2", "0.4", "0.6", "0.8"], "selection fractions")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "seeds (model, data order and label noise)")
 _NOISES = flags.DEFINE_list("noises", [], "noise settings type:rate (default: the config's)")
+_REPORT_ONLY = flags.DEFINE_bool("report_only", False, "write the tables and plots from the finished cells only, "
+                                  "running nothing (e.g. while the sweep still runs elsewhere)")
 _CACHE = flags.DEFINE_string("compilation_cache", None, "persistent XLA compilation cache shared by the cells "
                              "(default: WORKDIR/.jax_cache; '' disables it)")
 
@@ -81,13 +83,18 @@ def cell_config(base, noise: str, learner: str, method: str, fraction: float, se
   return config
 
 
-def run_cell(config, workdir: str) -> dict:
+def finished(workdir: str) -> dict | None:
+  """A cell's summary, or None while it has not finished."""
   summary_path = os.path.join(workdir, "summary.json")
-  if os.path.exists(summary_path):
-    with open(summary_path) as f:
-      return json.load(f)
+  if not os.path.exists(summary_path):
+    return None
+  with open(summary_path) as f:
+    return json.load(f)
+
+
+def run_cell(config, workdir: str) -> dict:
   from prune4rel_jax.train import train_and_evaluate
-  return train_and_evaluate(config, workdir)
+  return finished(workdir) or train_and_evaluate(config, workdir)
 
 
 def aggregate(rows: list[dict]) -> dict:
@@ -173,13 +180,20 @@ def main(argv):
     bases = {learner: learner_config(learner) for learner in _LEARNERS.value}
     for i, (noise, learner, method, fraction, seed) in enumerate(grid):
       cell_dir = os.path.join(workdir, noise.replace(":", ""), learner, method, f"f{fraction:g}", f"s{seed}")
-      print(f"[sweep] cell {i + 1}/{len(grid)}: noise={noise} learner={learner} method={method} "
-            f"fraction={fraction:g} seed={seed}", flush=True)
-      summary = run_cell(cell_config(bases[learner], noise, learner, method, fraction, seed), cell_dir)
+      if _REPORT_ONLY.value:
+        summary = finished(cell_dir)
+        if summary is None:
+          continue
+      else:
+        print(f"[sweep] cell {i + 1}/{len(grid)}: noise={noise} learner={learner} method={method} "
+              f"fraction={fraction:g} seed={seed}", flush=True)
+        summary = run_cell(cell_config(bases[learner], noise, learner, method, fraction, seed), cell_dir)
       rows.append({"noise": noise, "learner": learner, "method": method, "fraction": fraction, "seed": seed,
                    **{k: summary[k] for k in FIELDS[5:]}})
   except UserError as e:
     fail(str(e))
+  if not rows:
+    fail(f"no finished cell under {workdir}")
   os.makedirs(workdir, exist_ok=True)
   write_tables(rows, workdir)
   plot(rows, workdir)

@@ -24,10 +24,10 @@ def get_config(learner="ce"):
 '''
 
 
-def _sweep(config, workdir):
+def _sweep(config, workdir, *flags):
   return subprocess.run([sys.executable, "-m", "prune4rel_jax.sweep", "--config", str(config), "--workdir",
                          str(workdir), "--learners", "ce,sop_plus", "--methods", "uniform", "--fractions", "0.5",
-                         "--seeds", "3", "--config.model.small_cnn.width=8"],
+                         "--seeds", "3", "--config.model.small_cnn.width=8", *flags],
                         cwd=REPO, capture_output=True, text=True, timeout=600,
                         env={**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"})
 
@@ -54,3 +54,10 @@ def test_sweep_runs_a_grid_per_learner_and_skips_finished_cells(tmp_path):
   again = _sweep(config, tmp_path / "sweep")
   assert again.returncode == 0, again.stderr[-3000:]
   assert {learner: os.path.getmtime(cell / "summary.json") for learner, cell in cells.items()} == stamps
+
+  # A report of a larger grid while it is unfinished: only the finished cells, nothing run.
+  (tmp_path / "sweep" / "results.csv").unlink()
+  report = _sweep(config, tmp_path / "sweep", "--report_only", "--seeds", "3,4")
+  assert report.returncode == 0 and "[sweep] cell" not in report.stdout, report.stderr[-3000:]
+  with open(tmp_path / "sweep" / "results.csv") as f:
+    assert sorted((r["learner"], r["seed"]) for r in csv.DictReader(f)) == [("ce", "3"), ("sop_plus", "3")]
