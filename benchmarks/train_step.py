@@ -5,8 +5,9 @@
 
 For each learner: compile time (reported separately), the median of `--repeats` timed runs of `--steps` steps
 each, model FLOPs per step from XLA's cost analysis, achieved FLOP/s and its share of the device's measured
-matmul peak. The same model and CE step in PyTorch (`torch_reference.py`, same batch, same device) gives the
-ratio. `--pipeline` also times the grain input pipeline with the learner's augmentations, to show whether input
+matmul peak. The same model and learner step in PyTorch (`torch_reference.py`, same batch shapes, same device),
+in NCHW and channels_last memory formats, is timed in the same run, its runs interleaved with JAX's, and gives
+the ratio. `--pipeline` also times the grain input pipeline with the learner's augmentations, to show whether input
 or compute bounds a run. Prints a Markdown table.
 """
 
@@ -16,9 +17,14 @@ import statistics
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+# PyTorch's OpenMP threads spin at barriers by default; on a machine shared with other jobs a descheduled thread
+# stalls every barrier (measured on the 2-core VM at load 6: a CE step 8× slower). Passive waiting is the fair
+# setting; it must be set before torch loads its OpenMP runtime.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -68,7 +74,18 @@ def synthetic_batch(learner, batch: int, image_shape, num_classes: int, rng: np.
   return host
 
 
-def time_jax(args, learner_name: str, image_shape, mesh):
+def timed(step, steps: int):
+  """A no-argument timer: the mean seconds of `steps` calls of `step`, each awaited."""
+  def run():
+    start = time.perf_counter()
+    for _ in range(steps):
+      step()
+    return (time.perf_counter() - start) / steps
+  return run
+
+
+def jax_runner(args, learner_name: str, image_shape, mesh):
+  """The compiled step (timed compile, XLA's FLOP count) and a timer of `args.steps` steps on a device batch."""
   config = make_config(args, learner_name)
   model = create_model(config.model, args.classes, (0.5,) * image_shape[-1], (0.25,) * image_shape[-1])
   learner = LEARNERS.get(learner_name)(config, model, args.classes, mesh)
@@ -82,41 +99,33 @@ def time_jax(args, learner_name: str, image_shape, mesh):
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get("flops", float("nan")))
-  state, metrics, _ = compiled(state, batch, key)  # warm
-  jax.block_until_ready(metrics)
-  runs = []
-  for _ in range(args.repeats):
-    start = time.perf_counter()
-    for _ in range(args.steps):
-      state, metrics, _ = compiled(state, batch, key)
-      jax.block_until_ready(metrics)  # also the CPU-mesh rule; on one device it costs nothing measurable
-    runs.append((time.perf_counter() - start) / args.steps)
-  step_s = statistics.median(runs)
-  return {"compile_s": compile_s, "step_s": step_s, "flops": flops}
+
+  def step():
+    nonlocal state
+    state, metrics, _ = compiled(state, batch, key)  # the state is donated; the batch stays on device
+    jax.block_until_ready(metrics)  # also the CPU-mesh rule; on one device it costs nothing measurable
+
+  step()  # warm
+  return timed(step, args.steps), {"compile_s": compile_s, "flops": flops}
 
 
-def time_torch(args, image_shape):
-  import torch
+def torch_runner(args, learner_name: str, image_shape, channels_last: bool):
   import torch_reference
 
-  torch.manual_seed(0)
-  h, w, c = image_shape
-  model = torch_reference.MODELS[args.model](args.classes, args.width, in_channels=c).train()
-  if args.channels_last:
-    model = model.to(memory_format=torch.channels_last)
-  step = torch_reference.ce_step_fn(model)
-  images = torch.randn(args.batch, c, h, w)
-  if args.channels_last:
-    images = images.to(memory_format=torch.channels_last)
-  labels = torch.randint(0, args.classes, (args.batch,))
-  step(images, labels)
-  runs = []
-  for _ in range(args.repeats):
-    start = time.perf_counter()
-    for _ in range(args.steps):
-      step(images, labels)
-    runs.append((time.perf_counter() - start) / args.steps)
-  return {"step_s": statistics.median(runs), "threads": torch.get_num_threads(), "version": torch.__version__}
+  step = torch_reference.make_step(learner_name, args.model, args.width, args.batch, image_shape, args.classes,
+                                   channels_last)
+  step()  # warm (oneDNN primitive caches)
+  return timed(step, args.steps)
+
+
+def interleaved_medians(runners: dict, repeats: int) -> dict[str, float]:
+  """Median seconds per step of each runner, the runs taken in turn so that a change in the machine's load
+  (shared with other jobs) hits every framework alike."""
+  runs = {name: [] for name in runners}
+  for _ in range(repeats):
+    for name, run in runners.items():
+      runs[name].append(run())
+  return {name: statistics.median(r) for name, r in runs.items()}
 
 
 def time_pipeline(args, learner_name: str, image_shape, steps: int = 20) -> float:
@@ -147,7 +156,6 @@ def main():
   p.add_argument("--steps", type=int, default=3)
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--no-torch", dest="torch", action="store_false")
-  p.add_argument("--channels-last", action="store_true", help="PyTorch in NHWC memory format")
   p.add_argument("--pipeline", action="store_true", help="also time the grain input pipeline")
   args = p.parse_args()
 
@@ -155,23 +163,32 @@ def main():
   mesh = parallel.make_mesh(jax.devices()[:1])
   device = jax.devices()[0]
   peak = matmul_peak_flops()
-  print(f"device: {device.platform} {device.device_kind}; jax {jax.__version__}; measured fp32 matmul peak "
-        f"{peak / 1e9:.1f} GFLOP/s; model {args.model} width {args.width}, batch {args.batch}, "
-        f"image {image_shape}", flush=True)
-  torch_result = time_torch(args, image_shape) if args.torch else None
-  if torch_result:
-    print(f"torch {torch_result['version']}, {torch_result['threads']} threads", flush=True)
-  print("| learner | JAX compile s | JAX img/s | GFLOP/step | achieved GFLOP/s | % of peak | PyTorch img/s (CE) "
-        "| JAX/PyTorch | pipeline img/s |")
-  print("|---|---|---|---|---|---|---|---|---|")
+  print(f"device: {device.platform} {device.device_kind}, {os.cpu_count()} CPUs; jax {jax.__version__}; measured "
+        f"fp32 matmul peak {peak / 1e9:.1f} GFLOP/s; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; model "
+        f"{args.model} width {args.width}, batch {args.batch}, image {image_shape}; median of {args.repeats} runs "
+        f"of {args.steps} steps, interleaved; load average {os.getloadavg()[0]:.2f}", flush=True)
+  if args.torch:
+    import torch
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY="
+          f"{os.environ['OMP_WAIT_POLICY']}", flush=True)
+  print("| learner | JAX compile s | JAX img/s | PyTorch img/s NCHW | PyTorch img/s channels_last | JAX/NCHW "
+        "| JAX/channels_last | GFLOP/step | achieved GFLOP/s | % of peak | pipeline img/s | load |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
   for name in args.learners.split(","):
-    r = time_jax(args, name, image_shape, mesh)
-    jax_ips = args.batch / r["step_s"]
-    achieved = r["flops"] / r["step_s"]
-    torch_ips = args.batch / torch_result["step_s"] if torch_result else float("nan")
+    run_jax, info = jax_runner(args, name, image_shape, mesh)
+    runners = {"jax": run_jax}
+    if args.torch:
+      runners["nchw"] = torch_runner(args, name, image_shape, channels_last=False)
+      runners["nhwc"] = torch_runner(args, name, image_shape, channels_last=True)
+    step_s = interleaved_medians(runners, args.repeats)
+    ips = {k: args.batch / s for k, s in step_s.items()}
+    load = os.getloadavg()[0]
+    achieved = info["flops"] / step_s["jax"]
     pipe = time_pipeline(args, name, image_shape) if args.pipeline else float("nan")
-    print(f"| {name} | {r['compile_s']:.1f} | {jax_ips:.1f} | {r['flops'] / 1e9:.2f} | {achieved / 1e9:.1f} | "
-          f"{100 * achieved / peak:.0f} | {torch_ips:.1f} | {jax_ips / torch_ips:.2f} | {pipe:.0f} |", flush=True)
+    nchw, nhwc = ips.get("nchw", float("nan")), ips.get("nhwc", float("nan"))
+    print(f"| {name} | {info['compile_s']:.1f} | {ips['jax']:.1f} | {nchw:.1f} | {nhwc:.1f} | "
+          f"{ips['jax'] / nchw:.2f} | {ips['jax'] / nhwc:.2f} | {info['flops'] / 1e9:.2f} | {achieved / 1e9:.1f} | "
+          f"{100 * achieved / peak:.0f} | {pipe:.0f} | {load:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

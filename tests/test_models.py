@@ -1,9 +1,10 @@
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prune4rel_jax.models import preact_resnet, resnet, small_cnn
+from prune4rel_jax.models import layers, preact_resnet, resnet, small_cnn
 
 
 def _num_params(module, shape):
@@ -42,3 +43,52 @@ def test_outputs_are_logits_and_penultimate_features():
   # PyTorch default init: weights within ±1/sqrt(fan_in).
   kernel = variables["params"]["Conv_1"]["kernel"]
   assert float(jnp.abs(kernel).max()) <= 1 / np.sqrt(3 * 3 * 8) + 1e-6
+
+
+def test_batch_norm_matches_numpy_and_flax_in_train_mode():
+  """Our affine-form BatchNorm: the NumPy batch normalisation and running-stat update, and nn.BatchNorm's
+  outputs and gradients."""
+  x = 3.0 + 2.0 * jax.random.normal(jax.random.key(1), (4, 3, 3, 5))
+  ours, flax_bn = layers.batch_norm(train=True), nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5)
+  assert jax.tree.structure(ours.init(jax.random.key(0), x)) == jax.tree.structure(flax_bn.init(jax.random.key(0), x))
+  variables = {"params": {"scale": 1.0 + jnp.arange(5.0), "bias": jnp.arange(5.0) - 2.0},
+               "batch_stats": {"mean": jnp.full(5, 0.5), "var": jnp.full(5, 2.0)}}
+
+  def run(module, params, x):
+    y, updates = module.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
+                              mutable=["batch_stats"])
+    return jnp.sum(jnp.sin(y)), (y, updates["batch_stats"])
+
+  (_, (y, stats)), grads = jax.value_and_grad(run, argnums=(1, 2), has_aux=True)(ours, variables["params"], x)
+  xs = np.asarray(x, np.float64).reshape(-1, 5)
+  mean, var = xs.mean(0), xs.var(0)
+  expected = (xs - mean) / np.sqrt(var + 1e-5) * (1.0 + np.arange(5)) + np.arange(5) - 2.0
+  np.testing.assert_allclose(np.asarray(y).reshape(-1, 5), expected, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(stats["mean"], 0.9 * 0.5 + 0.1 * mean, rtol=1e-5)
+  np.testing.assert_allclose(stats["var"], 0.9 * 2.0 + 0.1 * var, rtol=1e-5)
+  (_, (flax_y, _)), flax_grads = jax.value_and_grad(run, argnums=(1, 2), has_aux=True)(
+      flax_bn, variables["params"], x)
+  np.testing.assert_allclose(y, flax_y, rtol=1e-5, atol=1e-5)
+  for ours_grad, flax_grad in zip(jax.tree.leaves(grads), jax.tree.leaves(flax_grads)):
+    np.testing.assert_allclose(ours_grad, flax_grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("size,stride", [(6, 1), (6, 2), (7, 2)])
+def test_pointwise_conv_matches_flax_conv(size, stride):
+  """Our 1×1 Conv (a matmul over channels) has nn.Conv's parameters, outputs and gradients."""
+  x = jax.random.normal(jax.random.key(1), (2, size, size, 3))
+  ours = layers.Conv(4, (1, 1), strides=stride)
+  flax_conv = nn.Conv(4, (1, 1), strides=stride, use_bias=False, kernel_init=layers.torch_kernel_init)
+  params = ours.init(jax.random.key(0), x)
+  np.testing.assert_array_equal(params["params"]["kernel"], flax_conv.init(jax.random.key(0), x)["params"]["kernel"])
+
+  def loss(module, params, x):
+    y = module.apply(params, x)
+    return jnp.sum(jnp.sin(y)), y
+
+  (_, y), grads = jax.value_and_grad(loss, argnums=(1, 2), has_aux=True)(ours, params, x)
+  (_, flax_y), flax_grads = jax.value_and_grad(loss, argnums=(1, 2), has_aux=True)(flax_conv, params, x)
+  assert y.shape == flax_y.shape == (2, -(-size // stride), -(-size // stride), 4)
+  np.testing.assert_allclose(y, flax_y, rtol=1e-5, atol=1e-6)
+  for ours_grad, flax_grad in zip(jax.tree.leaves(grads), jax.tree.leaves(flax_grads)):
+    np.testing.assert_allclose(ours_grad, flax_grad, rtol=1e-5, atol=1e-6)
