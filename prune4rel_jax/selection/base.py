@@ -43,6 +43,11 @@ class Method:
     self.cfg, self.mesh, self.seed = cfg, mesh, seed
     self.hp = cfg[self.name] if self.name in cfg else ml_collections.ConfigDict()
 
+  def require_choice(self, field: str, allowed) -> None:
+    """Bad input as one line: `selection.<name>.<field>` must be one of `allowed`."""
+    if self.hp[field] not in allowed:
+      raise UserError(f"selection.{self.name}.{field}={self.hp[field]!r}; expected one of {', '.join(allowed)}")
+
   @classmethod
   def defaults(cls) -> ml_collections.ConfigDict:
     """This method's options (its `config.selection.<name>` section), defaults = the original's."""

@@ -256,8 +256,7 @@ class Prune4ReL(Method):
   def __init__(self, cfg, mesh, seed):
     super().__init__(cfg, mesh, seed)
     for field, allowed in (("metric", METRICS), ("uncertainty", UNCERTAINTIES), ("gain", GAINS)):
-      if self.hp[field] not in allowed:
-        raise UserError(f"selection.prune4rel.{field}={self.hp[field]!r}; expected one of {allowed}")
+      self.require_choice(field, allowed)
     if self.hp.eta <= 0:
       raise UserError(f"selection.prune4rel.eta={self.hp.eta} must be positive")
     for field in ("block_size", "max_proposals"):

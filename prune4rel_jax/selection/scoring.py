@@ -48,9 +48,7 @@ class Uncertainty(Method):
 
   def __init__(self, cfg, mesh, seed):
     super().__init__(cfg, mesh, seed)
-    if self.hp.score not in UNCERTAINTY_SCORES:
-      raise UserError(f"selection.uncertainty.score={self.hp.score!r}; expected one of "
-                      f"{', '.join(UNCERTAINTY_SCORES)}")
+    self.require_choice("score", UNCERTAINTY_SCORES)
 
   @classmethod
   def defaults(cls):

@@ -21,7 +21,6 @@ import ml_collections
 import numpy as np
 
 from prune4rel_jax import parallel
-from prune4rel_jax.errors import UserError
 from prune4rel_jax.selection.base import Method, SelectionInputs, class_quotas
 from prune4rel_jax.selection.records import loss_residuals, map_examples
 
@@ -306,8 +305,7 @@ class _GradientGreedy(Method):
 
   def __init__(self, cfg, mesh, seed):
     super().__init__(cfg, mesh, seed)
-    if self.hp.greedy not in OPTIMIZERS:
-      raise UserError(f"selection.{self.name}.greedy={self.hp.greedy!r}; expected one of {', '.join(OPTIMIZERS)}")
+    self.require_choice("greedy", OPTIMIZERS)
 
   def pick(self, similarity: jax.Array, members: np.ndarray, count: int, size: int, key: jax.Array) -> np.ndarray:
     """The group's picks (positions in `members`), in order."""
@@ -331,9 +329,7 @@ class Submodular(_GradientGreedy):
 
   def __init__(self, cfg, mesh, seed):
     super().__init__(cfg, mesh, seed)
-    if self.hp.function not in FUNCTIONS:
-      raise UserError(f"selection.submodular.function={self.hp.function!r}; expected one of "
-                      f"{', '.join(FUNCTIONS)}")
+    self.require_choice("function", FUNCTIONS)
 
   @classmethod
   def defaults(cls):
