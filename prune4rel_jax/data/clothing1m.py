@@ -81,9 +81,4 @@ class Clothing1mBuilder(tfds_data.Builder):
 
 
 def load(cfg) -> Dataset:
-  if cfg.noise_type != "clean":
-    raise UserError(f"data.noise_type={cfg.noise_type!r}: Clothing-1M's labels are real noise already; use "
-                    f"data.noise_type=clean (no synthetic noise on top), as the original")
-  builder = tfds_data.prepare(Clothing1mBuilder, cfg.dir, cfg.tfds_dir)
-  decode = functools.partial(tfds_data.resize_square, size=tfds_data.DECODED_SIZE)
-  return tfds_data.encoded_dataset(cfg, builder, NUM_CLASSES, "val", decode, clean_known=False)
+  return tfds_data.real_noise_dataset(cfg, Clothing1mBuilder, NUM_CLASSES, "Clothing-1M")

@@ -262,3 +262,14 @@ def encoded_dataset(cfg, builder: Builder, num_classes: int, default_eval: str, 
                  train_labels=labels, train_clean_labels=labels if clean_known else None,
                  test_images=EncodedImages(builder, test, decode, shape), test_labels=split_labels(builder, test),
                  mean=IMAGENET_MEAN, std=IMAGENET_STD, asym_map=asym_map)
+
+
+def real_noise_dataset(cfg, builder_cls, num_classes: int, what: str) -> Dataset:
+  """WebVision and Clothing-1M: training labels that are real noise (no synthetic noise on top), images squashed
+  to 256×256 as the original, and the clean validation split as the default test set."""
+  if cfg.noise_type != "clean":
+    raise UserError(f"data.noise_type={cfg.noise_type!r}: {what}'s labels are real noise already; use "
+                    f"data.noise_type=clean (no synthetic noise on top), as the original")
+  builder = prepare(builder_cls, cfg.dir, cfg.tfds_dir)
+  decode = functools.partial(resize_square, size=DECODED_SIZE)
+  return encoded_dataset(cfg, builder, num_classes, "val", decode, clean_known=False)

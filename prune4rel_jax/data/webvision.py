@@ -12,7 +12,6 @@ Lines with label ≥ 50 are dropped and the rest keep their file order (example 
 stored as their original bytes and decoded per batch to 256×256 (aspect ratio not kept, as the original).
 """
 
-import functools
 import os
 
 from prune4rel_jax.data import tfds_data
@@ -45,9 +44,4 @@ class WebVisionBuilder(tfds_data.Builder):
 
 
 def load(cfg) -> Dataset:
-  if cfg.noise_type != "clean":
-    raise UserError(f"data.noise_type={cfg.noise_type!r}: WebVision's labels are real web noise already; use "
-                    f"data.noise_type=clean (no synthetic noise on top), as the original")
-  builder = tfds_data.prepare(WebVisionBuilder, cfg.dir, cfg.tfds_dir)
-  decode = functools.partial(tfds_data.resize_square, size=tfds_data.DECODED_SIZE)
-  return tfds_data.encoded_dataset(cfg, builder, NUM_CLASSES, "val", decode, clean_known=False)
+  return tfds_data.real_noise_dataset(cfg, WebVisionBuilder, NUM_CLASSES, "WebVision")
