@@ -3,8 +3,6 @@ budget exactness, seeded determinism, class balance, the forgetting recorder, an
 methods that need a warm-up recorder."""
 
 import json
-import os
-import sys
 
 import ml_collections
 import numpy as np
@@ -13,8 +11,8 @@ import pytest
 from prune4rel_jax import parallel, train
 from prune4rel_jax.selection import METHODS, SelectionInputs, records
 from prune4rel_jax.selection.base import class_quotas
+from test_end_to_end import quickstart_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESH = parallel.make_mesh()
 N, C, D = 60, 3, 5
 
@@ -252,13 +250,8 @@ def test_glister_matches_the_dense_gradient_reference(balance):
 
 # ---- end to end ----------------------------------------------------------------------------------------------
 def test_warm_up_recorders_end_to_end(tmp_path):
-  sys.path.insert(0, os.path.join(REPO, "configs"))
-  try:
-    import quickstart
-  finally:
-    sys.path.pop(0)
   for name in ("forgetting", "grand"):
-    config = quickstart.get_config()
+    config = quickstart_config()
     config.epochs, config.selection.warmup_epochs, config.model.small_cnn.width = 0, 1, 8  # no retraining
     config.learner.name = "ce"
     config.selection.name = name

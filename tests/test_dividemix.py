@@ -2,8 +2,6 @@
 co-training step on one vs eight devices, and the quickstart pipeline end to end (with a checkpoint restore)."""
 
 import json
-import os
-import sys
 
 import jax
 import numpy as np
@@ -18,8 +16,8 @@ from prune4rel_jax.data.augment import make_view
 from prune4rel_jax.errors import UserError
 from prune4rel_jax.learners import LEARNERS, dividemix, gmm
 from prune4rel_jax.models import create_model
+from test_end_to_end import quickstart_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 pytestmark = pytest.mark.usefixtures("fast_compilation")
@@ -199,12 +197,7 @@ def test_bad_hyperparameters_name_the_field(field, value):
 
 
 def test_quickstart_with_dividemix_warms_up_divides_and_restores(tmp_path):
-  sys.path.insert(0, os.path.join(REPO, "configs"))
-  try:
-    import quickstart
-  finally:
-    sys.path.pop(0)
-  config = quickstart.get_config()
+  config = quickstart_config()
   config.model.small_cnn.width = 8
   config.epochs = 2
   config.selection.name, config.selection.warmup_epochs = "small_loss", 1  # scores the warmed-up DivideMix

@@ -12,7 +12,8 @@ from prune4rel_jax import train
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _quickstart():
+def quickstart_config():
+  """A fresh `configs/quickstart.py` config (tests change it freely)."""
   sys.path.insert(0, os.path.join(REPO, "configs"))
   try:
     import quickstart
@@ -22,7 +23,7 @@ def _quickstart():
 
 
 def test_quickstart_writes_a_complete_run_directory(tmp_path):
-  config = _quickstart()  # the main job (SOP+ warm-up, Prune4ReL, SOP+ re-training), shortened
+  config = quickstart_config()  # the main job (SOP+ warm-up, Prune4ReL, SOP+ re-training), shortened
   config.epochs, config.selection.warmup_epochs = 2, 2
   config.model.small_cnn.width = 8
   summary = train.train_and_evaluate(config, str(tmp_path))

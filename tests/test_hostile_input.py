@@ -14,6 +14,7 @@ from prune4rel_jax import main, train
 from prune4rel_jax.data import DATASETS, digits
 from prune4rel_jax.data.base import require_file
 from prune4rel_jax.errors import UserError
+from test_end_to_end import quickstart_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _DEFECT = {}  # what the `defective_for_tests` dataset breaks in the digits; set by each test
@@ -32,12 +33,7 @@ pytestmark = pytest.mark.usefixtures("fast_compilation")
 
 
 def _config(**overrides):
-  sys.path.insert(0, os.path.join(REPO, "configs"))
-  try:
-    import quickstart
-  finally:
-    sys.path.pop(0)
-  config = quickstart.get_config()
+  config = quickstart_config()
   config.update_from_flattened_dict({"epochs": 1, "model.small_cnn.width": 8, "learner.name": "ce",
                                      "selection.name": "uniform", **overrides})
   return config

@@ -12,7 +12,7 @@ from prune4rel_jax import parallel, train
 from prune4rel_jax.errors import UserError
 from prune4rel_jax.selection import METHODS, SelectionInputs, prune4rel
 from prune4rel_jax.selection.similarity import unit_rows
-from test_end_to_end import _quickstart
+from test_end_to_end import quickstart_config
 
 MESHES = {1: parallel.make_mesh(jax.devices()[:1]), 8: parallel.make_mesh()}
 
@@ -153,7 +153,7 @@ def test_bad_options_are_user_errors(field, value):
 
 
 def test_quickstart_runs_end_to_end_with_prune4rel(tmp_path):
-  config = _quickstart()
+  config = quickstart_config()
   config.epochs, config.selection.warmup_epochs, config.model.small_cnn.width = 1, 1, 8
   config.selection.name, config.selection.balance = "prune4rel", True
   config.selection.prune4rel.view = "test"

@@ -20,6 +20,7 @@ import pytest
 
 from prune4rel_jax import train
 from prune4rel_jax.selection import METHODS, Method
+from test_end_to_end import quickstart_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS = 8
@@ -53,12 +54,7 @@ WARMUP_OVERRIDES = {**OVERRIDES, "epochs": 2, "selection.name": "forgetting", "s
 
 
 def _config(overrides=OVERRIDES):
-  sys.path.insert(0, os.path.join(REPO, "configs"))
-  try:
-    import quickstart
-  finally:
-    sys.path.pop(0)
-  config = quickstart.get_config()
+  config = quickstart_config()
   config.update_from_flattened_dict(overrides)
   return config
 

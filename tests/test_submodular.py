@@ -3,8 +3,6 @@ versions of DeepCore's, the gradient similarities against explicit DeepCore-layo
 exactly sparse target, DeepFool on a linear model with closed-form boundary distances, and one end-to-end run."""
 
 import json
-import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,8 +14,8 @@ from prune4rel_jax import parallel, train
 from prune4rel_jax.selection import METHODS, SelectionInputs, records, submodular
 from prune4rel_jax.selection.base import class_quotas
 from prune4rel_jax.selection.gradmatch import orthogonal_matching_pursuit
+from test_end_to_end import quickstart_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESH = parallel.make_mesh()
 N, C, D = 48, 3, 4
 
@@ -313,12 +311,7 @@ def test_deepfool_takes_newton_steps_until_max_iter():
 
 # ---- end to end ---------------------------------------------------------------------------------------------------
 def test_deepfool_end_to_end(tmp_path):
-  sys.path.insert(0, os.path.join(REPO, "configs"))
-  try:
-    import quickstart
-  finally:
-    sys.path.pop(0)
-  config = quickstart.get_config()
+  config = quickstart_config()
   config.epochs, config.selection.warmup_epochs, config.model.small_cnn.width = 0, 1, 8  # no retraining
   config.selection.name, config.selection.balance, config.selection.deepfool.max_iter = "deepfool", True, 2
   config.learner.name = "ce"
