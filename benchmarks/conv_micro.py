@@ -24,7 +24,6 @@ import functools
 import os
 import statistics
 import sys
-import time
 
 # PyTorch's OpenMP threads spin at barriers by default; on a machine shared with other jobs a descheduled
 # thread stalls every barrier (measured here: a CE step 8× slower). Passive waiting is the fair setting.
@@ -41,6 +40,7 @@ import torch.nn.functional as F  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch_reference  # noqa: E402
+from train_step import timed  # noqa: E402
 from prune4rel_jax.learners.base import cross_entropy  # noqa: E402
 from prune4rel_jax.models import layers, preact_resnet  # noqa: E402
 
@@ -53,13 +53,9 @@ def stage_shapes(width: int, image: int):
 
 
 def block_timer(fn, calls: int):
-  def run():
-    start = time.perf_counter()
-    for _ in range(calls):
-      fn()
-    return (time.perf_counter() - start) / calls
-  fn()  # compile / warm
-  return run
+  """`train_step.timed` after one call that compiles and warms `fn`."""
+  fn()
+  return timed(fn, calls)
 
 
 def medians(runners: dict, repeats: int) -> dict[str, float]:
