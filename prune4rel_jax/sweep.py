@@ -10,6 +10,10 @@ gathered into `results.csv`, `results.md` (mean ± std over seeds) and one plot 
 clean test accuracy vs fraction (one line per method) beside the noisy-label share of the selected subsets.
 Config overrides (`--config.epochs=50`) apply to every cell. A config file that takes the learner as its argument
 (`configs/cifar10n.py:sop_plus`) is re-read for each learner of `--learners`, so each runs with its own settings.
+
+`--jobs N` runs N cells at a time, each worker a process of its own (logs in `workdir/worker<k>.log`): small cells
+leave a large accelerator mostly idle, and N of them share it (and the host's cores, which feed them data). Cells run
+seed by seed, the largest fraction first, so that a sweep cut short holds whole seeds.
 """
 
 import csv
@@ -17,14 +21,20 @@ import importlib.util
 import inspect
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from collections import defaultdict
 
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from prune4rel_jax.checkpoint import Preempted
 from prune4rel_jax.cli import CONFIG, fail, parse_flags
 from prune4rel_jax.errors import UserError
+from prune4rel_jax.train import train_and_evaluate
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "sweep directory", required=True)
 _METHODS = flags.DEFINE_list("methods", ["uniform"], "selection methods")
@@ -34,6 +44,8 @@ _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "seeds (model, data order a
 _NOISES = flags.DEFINE_list("noises", [], "noise settings type:rate (default: the config's)")
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "write the tables and plots from the finished cells only, "
                                   "running nothing (e.g. while the sweep still runs elsewhere)")
+_JOBS = flags.DEFINE_integer("jobs", 1, "cells run at a time, each in a worker process of its own")
+_WORKER = flags.DEFINE_bool("worker", False, "internal: run as one of the --jobs workers (claims cells)")
 _CACHE = flags.DEFINE_string("compilation_cache", None, "persistent XLA compilation cache shared by the cells "
                              "(default: WORKDIR/.jax_cache; '' disables it)")
 
@@ -42,12 +54,18 @@ FIELDS = ("noise", "learner", "method", "fraction", "seed", "test_accuracy", "be
 
 
 def cells(noises, learners, methods, fractions, seeds):
-  for noise in noises:
-    for learner in learners:
-      for method in methods:
-        for fraction in fractions:
-          for seed in seeds:
+  """The grid in running order: seed by seed (a sweep cut short holds whole seeds), largest fraction first (the
+  longest cells start first, so parallel workers finish together)."""
+  for seed in seeds:
+    for fraction in sorted(fractions, reverse=True):
+      for noise in noises:
+        for learner in learners:
+          for method in methods:
             yield noise, learner, method, fraction, seed
+
+
+def cell_dir(workdir: str, noise: str, learner: str, method: str, fraction: float, seed: int) -> str:
+  return os.path.join(workdir, noise.replace(":", ""), learner, method, f"f{fraction:g}", f"s{seed}")
 
 
 def learner_config(learner: str):
@@ -92,9 +110,66 @@ def finished(workdir: str) -> dict | None:
     return json.load(f)
 
 
-def run_cell(config, workdir: str) -> dict:
-  from prune4rel_jax.train import train_and_evaluate
-  return finished(workdir) or train_and_evaluate(config, workdir)
+CLAIM = "claimed_by_worker"
+
+
+def claim(workdir: str) -> bool:
+  """Atomically make `workdir` this worker's cell; False if another worker has it."""
+  os.makedirs(workdir, exist_ok=True)
+  try:
+    os.close(os.open(os.path.join(workdir, CLAIM), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    return True
+  except FileExistsError:
+    return False
+
+
+def run_workers(jobs: int, workdir: str, dirs: list[str]) -> None:
+  """Start `jobs` copies of this command as workers, show progress until they end, stop them on SIGTERM."""
+  for d in dirs:  # claims left by an earlier, killed sweep
+    if os.path.exists(os.path.join(d, CLAIM)):
+      os.remove(os.path.join(d, CLAIM))
+  pending = [d for d in dirs if finished(d) is None]
+  # Each worker allocates accelerator memory as it needs it instead of taking most of it up front.
+  env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", **os.environ}
+  os.makedirs(workdir, exist_ok=True)
+  workers = []
+  for k in range(jobs):
+    with open(os.path.join(workdir, f"worker{k}.log"), "w") as log:
+      workers.append(subprocess.Popen([sys.executable, "-m", "prune4rel_jax.sweep", *sys.argv[1:], "--worker"],
+                                      stdout=log, stderr=subprocess.STDOUT, env=env))
+  print(f"[sweep] {len(pending)} of {len(dirs)} cells to run on {jobs} workers (logs: {workdir}/worker*.log)",
+        flush=True)
+  # Not checkpoint.StopOnSigterm: its multi-host check would start a JAX backend here, which holds accelerator
+  # memory that the workers need.
+  stopping = []
+  previous = signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+  start, shown = time.perf_counter(), None
+  try:
+    while any(w.poll() is None for w in workers):
+      if stopping:
+        for w in workers:
+          if w.poll() is None:
+            w.send_signal(signal.SIGTERM)  # each saves a checkpoint at the end of its epoch
+        for w in workers:
+          w.wait()
+        raise Preempted("stopped on SIGTERM; the workers saved checkpoints: rerun the same command to resume")
+      failed = [k for k, w in enumerate(workers) if w.poll() not in (None, 0)]
+      if failed:
+        for w in workers:
+          w.kill()
+        raise UserError(f"worker {failed[0]} failed: see {workdir}/worker{failed[0]}.log")
+      done = sum(finished(d) is not None for d in pending)
+      if done != shown:
+        elapsed = time.perf_counter() - start
+        eta = f", about {elapsed / done * (len(pending) - done) / 60:.0f} min to go" if done else ""
+        print(f"[sweep] {done}/{len(pending)} cells finished after {elapsed / 60:.1f} min{eta}", flush=True)
+        shown = done
+      time.sleep(2)
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+  failed = [k for k, w in enumerate(workers) if w.returncode != 0]
+  if failed:
+    raise UserError(f"worker {failed[0]} failed: see {workdir}/worker{failed[0]}.log")
 
 
 def aggregate(rows: list[dict]) -> dict:
@@ -175,23 +250,34 @@ def main(argv):
   fractions = [float(f) for f in _FRACTIONS.value]
   seeds = [int(s) for s in _SEEDS.value]
   grid = list(cells(noises, _LEARNERS.value, _METHODS.value, fractions, seeds))
+  dirs = [cell_dir(workdir, *cell) for cell in grid]
   rows = []
   try:
     bases = {learner: learner_config(learner) for learner in _LEARNERS.value}
-    for i, (noise, learner, method, fraction, seed) in enumerate(grid):
-      cell_dir = os.path.join(workdir, noise.replace(":", ""), learner, method, f"f{fraction:g}", f"s{seed}")
-      if _REPORT_ONLY.value:
-        summary = finished(cell_dir)
-        if summary is None:
-          continue
-      else:
+    if _JOBS.value < 1:
+      raise UserError(f"--jobs={_JOBS.value}; expected at least 1")
+    if _JOBS.value > 1 and not (_WORKER.value or _REPORT_ONLY.value):
+      from prune4rel_jax.data import load_dataset
+      for base in bases.values():  # build file datasets once here, not in every worker at the same time
+        load_dataset(base.data)
+      run_workers(_JOBS.value, workdir, dirs)
+    for i, ((noise, learner, method, fraction, seed), directory) in enumerate(zip(grid, dirs)):
+      summary = finished(directory)
+      if summary is None:
+        if _REPORT_ONLY.value or (_JOBS.value > 1 and not (_WORKER.value and claim(directory))):
+          continue  # unfinished, and not this process's to run
         print(f"[sweep] cell {i + 1}/{len(grid)}: noise={noise} learner={learner} method={method} "
               f"fraction={fraction:g} seed={seed}", flush=True)
-        summary = run_cell(cell_config(bases[learner], noise, learner, method, fraction, seed), cell_dir)
+        summary = train_and_evaluate(cell_config(bases[learner], noise, learner, method, fraction, seed), directory)
       rows.append({"noise": noise, "learner": learner, "method": method, "fraction": fraction, "seed": seed,
                    **{k: summary[k] for k in FIELDS[5:]}})
   except UserError as e:
     fail(str(e))
+  except Preempted as e:
+    print(f"[sweep] {e}", flush=True)
+    sys.exit(143)  # 128 + SIGTERM, as `prune4rel`
+  if _WORKER.value:
+    return
   if not rows:
     fail(f"no finished cell under {workdir}")
   os.makedirs(workdir, exist_ok=True)

@@ -1,5 +1,6 @@
 """The sweep: a tiny grid from one command, with a config file that takes the learner as its argument (each learner
-gets its own settings, command-line overrides apply to all), its tables and plots, and skipping finished cells."""
+gets its own settings, command-line overrides apply to all), its tables and plots, skipping finished cells, and
+parallel workers that give the sequential sweep's results."""
 
 import csv
 import json
@@ -54,6 +55,15 @@ def test_sweep_runs_a_grid_per_learner_and_skips_finished_cells(tmp_path):
   again = _sweep(config, tmp_path / "sweep")
   assert again.returncode == 0, again.stderr[-3000:]
   assert {learner: os.path.getmtime(cell / "summary.json") for learner, cell in cells.items()} == stamps
+
+  # Two workers run the same grid: each cell exactly once, with the sequential sweep's results.
+  parallel = _sweep(config, tmp_path / "parallel", "--jobs", "2")
+  assert parallel.returncode == 0, parallel.stderr[-3000:]
+  logs = "".join((tmp_path / "parallel" / f"worker{k}.log").read_text() for k in range(2))
+  assert logs.count("[sweep] cell") == 2, logs[-3000:]
+  with open(tmp_path / "parallel" / "results.csv") as f:
+    in_parallel = sorted((r["learner"], r["test_accuracy"]) for r in csv.DictReader(f))
+  assert in_parallel == sorted((r["learner"], r["test_accuracy"]) for r in rows)
 
   # A report of a larger grid while it is unfinished: only the finished cells, nothing run.
   (tmp_path / "sweep" / "results.csv").unlink()
