@@ -363,6 +363,22 @@ def test_dataset_configs_data_sections(name, dataset, noise_type, image_size):
   assert config.learner.name == "ce" and config.selection.name == "prune4rel" and config.selection.balance
 
 
+@pytest.mark.parametrize("learner", ["ce", "sop_plus", "dividemix"])
+def test_fashion_mnist_config_trains_each_learner_on_a_fake_copy(tmp_path, learner):
+  """Its LeNet has no BatchNorm (no `batch_stats`), which every learner's step must accept."""
+  from prune4rel_jax import train
+
+  fakes.write_fashion_mnist(tmp_path / "fm", train=64, test=16)
+  config = _config_module("fashion_mnist").get_config(learner)
+  assert config.model.name == "lenet"
+  config.data.update(dir=str(tmp_path / "fm"), tfds_dir=str(tmp_path / "tfds"))
+  config.selection.update(name="uniform", fraction=0.5)
+  config.update(epochs=1, batch_size=16, eval_batch_size=16)
+  config.learner.dividemix.warmup_epochs = 0
+  summary = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert 0.0 <= summary["test_accuracy"] <= 1.0
+
+
 def test_cli_runs_the_cifar10n_config_on_a_fake_copy(tmp_path):
   written = fakes.write_cifar10(tmp_path / "c10", train_per_batch=8)
   fakes.write_torch_save(str(tmp_path / "c10" / "CIFAR-10_human.pt"), fakes.cifar_n_labels(

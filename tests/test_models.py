@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prune4rel_jax.models import layers, preact_resnet, resnet, small_cnn
+from prune4rel_jax.errors import UserError
+from prune4rel_jax.models import layers, lenet, preact_resnet, resnet, small_cnn
 
 
 def _num_params(module, shape):
@@ -19,6 +20,14 @@ def test_preact_resnet18_has_the_originals_parameter_count(num_classes, expected
 
 def test_resnet50_has_torchvisions_parameter_count():
   assert _num_params(resnet.ResNet50(1000), (1, 224, 224, 3)) == 25_557_032
+
+
+@pytest.mark.parametrize("shape,expected", [((1, 28, 28, 1), 61_706), ((1, 32, 32, 3), 62_006)])
+def test_lenet_has_lenet5s_parameter_count(shape, expected):
+  """DeepCore's LeNet: padding 2 on grey images, none on colour ones, so both flatten 16×5×5 features."""
+  assert _num_params(lenet.LeNet(10), shape) == expected
+  with pytest.raises(UserError, match="too small"):
+    _num_params(lenet.LeNet(10), (1, 11, 11, 1))  # the quickstart's 8×8 digits would end at 0×0
 
 
 def test_identity_shortcut_carries_the_preactivated_input():

@@ -5,6 +5,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from prune4rel_jax.models.lenet import LeNet
 from prune4rel_jax.models.preact_resnet import PreActResNet18
 from prune4rel_jax.models.resnet import ResNet50
 from prune4rel_jax.models.small_cnn import SmallCNN
@@ -13,6 +14,7 @@ from prune4rel_jax.registry import Registry
 
 MODELS = Registry("model")
 MODELS.register("small_cnn")(SmallCNN)
+MODELS.register("lenet")(LeNet)
 MODELS.register("preact_resnet18")(PreActResNet18)
 MODELS.register("resnet50")(ResNet50)
 
