@@ -155,9 +155,7 @@ def run_workers(jobs: int, workdir: str, dirs: list[str]) -> None:
         raise Preempted("stopped on SIGTERM; the workers saved checkpoints: rerun the same command to resume")
       failed = [k for k, w in enumerate(workers) if w.poll() not in (None, 0)]
       if failed:
-        for w in workers:
-          w.kill()
-        raise UserError(f"worker {failed[0]} failed: see {workdir}/worker{failed[0]}.log")
+        break
       done = sum(finished(d) is not None for d in pending)
       if done != shown:
         elapsed = time.perf_counter() - start
@@ -165,10 +163,13 @@ def run_workers(jobs: int, workdir: str, dirs: list[str]) -> None:
         print(f"[sweep] {done}/{len(pending)} cells finished after {elapsed / 60:.1f} min{eta}", flush=True)
         shown = done
       time.sleep(2)
+    else:  # every worker has ended
+      failed = [k for k, w in enumerate(workers) if w.returncode != 0]
   finally:
     signal.signal(signal.SIGTERM, previous)
-  failed = [k for k, w in enumerate(workers) if w.returncode != 0]
   if failed:
+    for w in workers:
+      w.kill()  # the others, still running (a no-op on those that ended)
     raise UserError(f"worker {failed[0]} failed: see {workdir}/worker{failed[0]}.log")
 
 
@@ -258,8 +259,9 @@ def main(argv):
       raise UserError(f"--jobs={_JOBS.value}; expected at least 1")
     if _JOBS.value > 1 and not (_WORKER.value or _REPORT_ONLY.value):
       from prune4rel_jax.data import load_dataset
-      for base in bases.values():  # build file datasets once here, not in every worker at the same time
-        load_dataset(base.data)
+      # Build file datasets once here, not in every worker at the same time (once per distinct data section).
+      for data in {base.data.to_json(): base.data for base in bases.values()}.values():
+        load_dataset(data)
       run_workers(_JOBS.value, workdir, dirs)
     for i, ((noise, learner, method, fraction, seed), directory) in enumerate(zip(grid, dirs)):
       summary = finished(directory)

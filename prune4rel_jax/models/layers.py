@@ -86,10 +86,9 @@ def batch_norm(train: bool) -> BatchNorm:
 
 
 class Head(nn.Module):
-  """The classifier: torch-initialised Linear on the pooled features."""
-  num_classes: int
+  """A torch-initialised Linear: every model's classifier on the pooled features (and LeNet's hidden layers)."""
+  features: int  # outputs: the number of classes for a classifier
 
   @nn.compact
-  def __call__(self, features: jax.Array) -> jax.Array:
-    return nn.Dense(self.num_classes, kernel_init=torch_kernel_init,
-                    bias_init=torch_bias_init(features.shape[-1]))(features)
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return nn.Dense(self.features, kernel_init=torch_kernel_init, bias_init=torch_bias_init(x.shape[-1]))(x)

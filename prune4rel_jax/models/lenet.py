@@ -11,11 +11,7 @@ import flax.linen as nn
 import jax
 
 from prune4rel_jax.errors import UserError
-from prune4rel_jax.models.layers import Conv, Head, torch_bias_init, torch_kernel_init
-
-
-def _dense(features: int, x: jax.Array) -> jax.Array:
-  return nn.Dense(features, kernel_init=torch_kernel_init, bias_init=torch_bias_init(x.shape[-1]))(x)
+from prune4rel_jax.models.layers import Conv, Head, torch_bias_init
 
 
 class LeNet(nn.Module):
@@ -33,5 +29,5 @@ class LeNet(nn.Module):
                bias_init=torch_bias_init(5 * 5 * x.shape[-1]))(x)
       x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
     x = x.reshape(x.shape[0], -1)
-    features = nn.relu(_dense(84, nn.relu(_dense(120, x))))
+    features = nn.relu(Head(84)(nn.relu(Head(120)(x))))  # Head: a torch-initialised Linear
     return Head(self.num_classes)(features), features
