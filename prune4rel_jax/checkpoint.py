@@ -16,12 +16,16 @@ next step may donate them) and collective over processes; orbax commits a checkp
 directory, so a save cut short by a kill is never listed, and a damaged committed one is skipped on restore.
 """
 
+import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
 import signal
+import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +35,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from prune4rel_jax.errors import UserError
+from prune4rel_jax.reporting import atomic_write
 from prune4rel_jax.selection import SelectionInputs
 
 SUBDIR = "checkpoints"
@@ -171,6 +176,106 @@ class Checkpoints:
 
   def __exit__(self, *exc):
     self.close()
+
+
+class WarmupCache:
+  """Finished warm-up runs shared by every run with the same warm-up (`warmup_identity`), e.g. the cells of a sweep
+  that differ only in selection method or fraction: the first one trains warm-up run r and stores its network (and
+  forgetting counters), the others restore it instead of training the same network again. Run r lives in
+  `root/<identity>/run<r>` (orbax) next to `run<r>.json` (its epoch records, written last: the entry is complete).
+
+  `claim(run)` serialises processes that share a cache (a sweep's `--jobs` workers) with an exclusive lock file,
+  so one of them trains a run while the others wait for it instead of training it again. A lock whose process has
+  died on this host is taken over. Single-process runs only: the lock is a local file."""
+
+  POLL_SECONDS = 2.0
+
+  def __init__(self, root: str, config):
+    if jax.process_count() > 1:
+      raise UserError("a shared warm-up cache needs a single-process run; leave the warm-up cache out on "
+                      "multi-host runs")
+    identity = warmup_identity(config)
+    digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+    self.directory = os.path.abspath(os.path.join(
+        root, f"{config.data.name}-{config.learner.name}-s{config.seed}-{digest}"))
+    os.makedirs(self.directory, exist_ok=True)
+    with open(os.path.join(self.directory, "identity.json"), "w") as f:
+      json.dump(identity, f, indent=2, sort_keys=True)
+
+  def _path(self, run: int) -> str:
+    return os.path.join(self.directory, f"run{run}")
+
+  def load(self, run: int, fresh_state: Callable[[], Any]) -> tuple[Any, list[dict]] | None:
+    """(state, epoch records) of warm-up run `run`, or None if it is not stored (yet)."""
+    if not os.path.exists(self._path(run) + ".json"):
+      return None
+    with open(self._path(run) + ".json") as f:
+      records = json.load(f)
+    with ocp.StandardCheckpointer() as checkpointer:
+      state = checkpointer.restore(self._path(run), _abstract(fresh_state()))
+    return state, records
+
+  def store(self, run: int, state, records: list[dict]) -> None:
+    with ocp.StandardCheckpointer() as checkpointer:
+      checkpointer.save(self._path(run), state, force=True)
+      checkpointer.wait_until_finished()
+    with atomic_write(self._path(run) + ".json") as f:
+      json.dump(records, f)
+
+  @contextlib.contextmanager
+  def claim(self, run: int, stop: "StopOnSigterm"):
+    """Hold warm-up run `run`'s lock: wait while another live process holds it (it is training that run)."""
+    lock = self._path(run) + ".lock"
+    me = f"{socket.gethostname()} {os.getpid()}"
+    announced = False
+    while True:
+      try:
+        with open(lock, "x") as f:
+          f.write(me)
+        break
+      except FileExistsError:
+        if _holder_died(lock):
+          with contextlib.suppress(FileNotFoundError):
+            os.remove(lock)
+          continue
+      if stop.requested():
+        raise Preempted(f"stopped while waiting for warm-up run {run + 1} in {self.directory}; rerun the same "
+                        f"command to resume")
+      if not announced:
+        print(f"waiting for warm-up run {run + 1}, being trained by another process ({lock})", flush=True)
+        announced = True
+      time.sleep(self.POLL_SECONDS)
+    try:
+      yield
+    finally:
+      os.remove(lock)
+
+
+def warmup_identity(config) -> dict:
+  """What a warm-up network depends on: the whole config but the selection method (only its warm-up epochs count)
+  and the checkpoint policy."""
+  identity = json.loads(config.to_json_best_effort())
+  identity["selection"] = {"warmup_epochs": config.selection.warmup_epochs}
+  identity.pop("checkpoint")
+  return identity
+
+
+def _holder_died(lock: str) -> bool:
+  """Whether `lock` was taken by a process of this host that no longer runs."""
+  try:
+    with open(lock) as f:
+      host, pid = f.read().split()
+  except (FileNotFoundError, ValueError):  # removed meanwhile, or being written
+    return False
+  if host != socket.gethostname():
+    return False
+  try:
+    os.kill(int(pid), 0)
+  except ProcessLookupError:
+    return True
+  except PermissionError:  # alive, another user's
+    pass
+  return False
 
 
 def _abstract(state):

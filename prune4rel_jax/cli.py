@@ -7,7 +7,7 @@ file ends with one `error:` line and exit status 2, not a traceback.
 
 import sys
 
-from absl import flags
+from absl import flags, logging
 from ml_collections import config_flags
 
 CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py[:arg])",
@@ -21,13 +21,13 @@ def fail(message: str):
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing with one-line errors. config_flags loads the file lazily and reports an unknown field
-  as a bare AttributeError (with a "did you mean" hint), a bad value as a flags.Error."""
+  as a bare AttributeError (with a "did you mean" hint), a bad value as a flags.Error. Sets absl logging to
+  WARNING unless --verbosity is given."""
   if not any(a == "--config" or a.startswith("--config=") for a in argv[1:]):
     fail("--config is required, e.g. --config configs/quickstart.py")
   try:
     rest = flags.FLAGS(argv)
     CONFIG.value.keys()  # the file loads lazily: load it now, not deep inside the run
-    return rest
   except flags.Error as e:
     fail(str(e))
   except (AttributeError, KeyError) as e:
@@ -36,3 +36,6 @@ def parse_flags(argv: list[str]) -> list[str]:
     fail(f"unknown config field {' '.join(str(e.args[0] if e.args else e).split())}")
   except OSError as e:
     fail(" ".join(str(e).split()))
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
+  return rest

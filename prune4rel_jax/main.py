@@ -9,13 +9,16 @@ import os
 import sys
 import time
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from prune4rel_jax.cli import CONFIG, fail, parse_flags
 from prune4rel_jax.errors import UserError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (default: runs/<dataset>-<method>-<learner>-<time>)")
 _RESUME = flags.DEFINE_bool("resume", False, "resume the run in --workdir even if its config differs from this one")
+_WARMUP_CACHE = flags.DEFINE_string("warmup_cache", None, "directory of warm-up networks shared with other runs "
+                                    "that differ only in selection (method, fraction): a warm-up trained once "
+                                    "is restored by the others")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "delete the run in --workdir (files and checkpoints) and start "
                                                    "afresh")
 
@@ -31,8 +34,6 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if _RESUME.value and _OVERWRITE.value:
     fail("--resume and --overwrite exclude each other")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
   initialize_distributed()
   from prune4rel_jax.checkpoint import Preempted
   from prune4rel_jax.train import train_and_evaluate  # imported after flag parsing: JAX starts here
@@ -41,7 +42,7 @@ def main(argv):
   workdir = _WORKDIR.value or default_workdir(config)
   existing = "resume" if _RESUME.value else "overwrite" if _OVERWRITE.value else "auto"
   try:
-    summary = train_and_evaluate(config, workdir, existing)
+    summary = train_and_evaluate(config, workdir, existing, _WARMUP_CACHE.value)
   except UserError as e:
     fail(str(e))
   except Preempted as e:

@@ -11,9 +11,14 @@ clean test accuracy vs fraction (one line per method) beside the noisy-label sha
 Config overrides (`--config.epochs=50`) apply to every cell. A config file that takes the learner as its argument
 (`configs/cifar10n.py:sop_plus`) is re-read for each learner of `--learners`, so each runs with its own settings.
 
+The cells of one noise setting, learner and seed differ only in what is selected, not in the warm-up network it is
+selected with: that warm-up is trained once and restored by the other cells (`WORKDIR/warmups`,
+`checkpoint.WarmupCache`; `--noshare_warmups` trains it in every cell).
+
 `--jobs N` runs N cells at a time, each worker a process of its own (logs in `workdir/worker<k>.log`): small cells
 leave a large accelerator mostly idle, and N of them share it (and the host's cores, which feed them data). Cells run
-seed by seed, the largest fraction first, so that a sweep cut short holds whole seeds.
+seed by seed, the largest fraction first, so that a sweep cut short holds whole seeds. A worker that needs a warm-up
+another worker is training waits for it.
 """
 
 import csv
@@ -46,6 +51,8 @@ _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "write the tables and plo
                                   "running nothing (e.g. while the sweep still runs elsewhere)")
 _JOBS = flags.DEFINE_integer("jobs", 1, "cells run at a time, each in a worker process of its own")
 _WORKER = flags.DEFINE_bool("worker", False, "internal: run as one of the --jobs workers (claims cells)")
+_SHARE_WARMUPS = flags.DEFINE_bool("share_warmups", True, "cells that differ only in selection method or fraction "
+                                   "share one warm-up (trained once, in WORKDIR/warmups)")
 _CACHE = flags.DEFINE_string("compilation_cache", None, "persistent XLA compilation cache shared by the cells "
                              "(default: WORKDIR/.jax_cache; '' disables it)")
 
@@ -252,6 +259,7 @@ def main(argv):
   seeds = [int(s) for s in _SEEDS.value]
   grid = list(cells(noises, _LEARNERS.value, _METHODS.value, fractions, seeds))
   dirs = [cell_dir(workdir, *cell) for cell in grid]
+  warmup_cache = os.path.join(workdir, "warmups") if _SHARE_WARMUPS.value else None
   rows = []
   try:
     bases = {learner: learner_config(learner) for learner in _LEARNERS.value}
@@ -270,7 +278,8 @@ def main(argv):
           continue  # unfinished, and not this process's to run
         print(f"[sweep] cell {i + 1}/{len(grid)}: noise={noise} learner={learner} method={method} "
               f"fraction={fraction:g} seed={seed}", flush=True)
-        summary = train_and_evaluate(cell_config(bases[learner], noise, learner, method, fraction, seed), directory)
+        summary = train_and_evaluate(cell_config(bases[learner], noise, learner, method, fraction, seed), directory,
+                                     warmup_cache=warmup_cache)
       rows.append({"noise": noise, "learner": learner, "method": method, "fraction": fraction, "seed": seed,
                    **{k: summary[k] for k in FIELDS[5:]}})
   except UserError as e:

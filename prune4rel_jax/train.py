@@ -52,15 +52,18 @@ def train_learner(config, learner: Learner, state, dataset: Dataset, indices: np
 
 
 def warm_up(config, dataset: Dataset, model, mesh, method, key: jax.Array, writer: RunWriter,
-            checkpoints: checkpoint.Checkpoints, stop: checkpoint.StopOnSigterm) -> SelectionInputs:
+            checkpoints: checkpoint.Checkpoints, stop: checkpoint.StopOnSigterm,
+            cache: checkpoint.WarmupCache | None = None) -> SelectionInputs:
   """Train the learner on the full noisy set for `selection.warmup_epochs` (`method.warmup_runs` times, each from
   a fresh initialisation), then record only the `SelectionInputs` fields `method` needs. Saves warm-up checkpoints
-  as training does and resumes from the newest one."""
+  as training does and resumes from the newest one. With a `cache`, a warm-up run another run has already trained
+  is restored from it, and a run trained here is stored in it (with its forgetting counters, which any method
+  sharing the cache may need)."""
   learner = LEARNERS.get(config.learner.name)(config, model, dataset.num_classes, mesh)
   everything = np.arange(dataset.num_train)
   view = make_view(method.view, config.data, dataset.mean)
   epochs = config.selection.warmup_epochs
-  counts_forgetting = "forgetting_events" in method.needs
+  counts_forgetting = "forgetting_events" in method.needs or cache is not None
 
   def fresh_run(run: int):
     forgetting = records.ForgettingRecorder(dataset.num_train, mesh) if counts_forgetting else None
@@ -77,7 +80,8 @@ def warm_up(config, dataset: Dataset, model, mesh, method, key: jax.Array, write
     print(f"resuming the warm-up from run {snapshot.run + 1}, epoch {snapshot.epoch}/{epochs}", flush=True)
     runs, first_run = snapshot.finished_runs, snapshot.run
     writer.restore(snapshot.records)
-  for run in range(first_run, method.warmup_runs):
+
+  def train_run(run: int):
     state, forgetting = fresh_run(run)
     start_epoch = 0
     if snapshot is not None and run == snapshot.run:
@@ -85,7 +89,7 @@ def warm_up(config, dataset: Dataset, model, mesh, method, key: jax.Array, write
       if forgetting is not None:
         forgetting.state = snapshot.state["forgetting"]
 
-    def after_epoch(epoch: int, state, run=run, forgetting=forgetting) -> None:
+    def after_epoch(epoch: int, state) -> None:
       stopping = stop.requested()
       if stopping or checkpoints.due(epoch, epochs):
         checkpoints.save_warmup(run, epoch + 1, epochs, checkpointed(state, forgetting), runs, writer.records)
@@ -96,6 +100,27 @@ def warm_up(config, dataset: Dataset, model, mesh, method, key: jax.Array, write
     state = train_learner(config, learner, state, dataset, everything, epochs, jax.random.fold_in(key, run),
                           "warmup", writer, evaluate_test=False, start_epoch=start_epoch, after_epoch=after_epoch,
                           on_step=forgetting)
+    return state, forgetting
+
+  def shared_run(run: int):
+    with cache.claim(run, stop):
+      stored = cache.load(run, lambda: checkpointed(*fresh_run(run)))
+      if stored is None:
+        state, forgetting = train_run(run)
+        cache.store(run, checkpointed(state, forgetting), writer.records[-epochs:])
+        return state, forgetting
+    print(f"warm-up run {run + 1} restored from {cache.directory}", flush=True)
+    saved, epoch_records = stored
+    if snapshot is not None and run == snapshot.run:  # this run's epochs before a kill are in the log already
+      writer.restore(writer.records[:len(writer.records) - snapshot.epoch])
+    for record in epoch_records:
+      writer.log(record)
+    forgetting = records.ForgettingRecorder(dataset.num_train, mesh)
+    forgetting.state = saved["forgetting"]
+    return saved["learner"], forgetting
+
+  for run in range(first_run, method.warmup_runs):
+    state, forgetting = train_run(run) if cache is None else shared_run(run)
     predictions = None
     if method.needs & records.PREDICTION_FIELDS:
       predictions = evaluate.predict_dataset(learner, state, dataset.train_images, everything,
@@ -106,9 +131,10 @@ def warm_up(config, dataset: Dataset, model, mesh, method, key: jax.Array, write
   return SelectionInputs(labels=dataset.train_labels, num_classes=dataset.num_classes, **records.combine_runs(runs))
 
 
-def train_and_evaluate(config, workdir: str, existing: str = "auto") -> dict:
+def train_and_evaluate(config, workdir: str, existing: str = "auto", warmup_cache: str | None = None) -> dict:
   """The whole pipeline; resumes from the newest checkpoint in `workdir` if there is one. `existing` says what to
-  do with a run already in `workdir`: auto | resume | overwrite (`checkpoint.prepare_run_dir`)."""
+  do with a run already in `workdir`: auto | resume | overwrite (`checkpoint.prepare_run_dir`). `warmup_cache`:
+  a directory of warm-up networks shared with other runs (`checkpoint.WarmupCache`)."""
   validate(config)
   mesh = parallel.make_mesh()
   parallel.check_divisible(config.batch_size, mesh, "batch_size")
@@ -124,7 +150,8 @@ def train_and_evaluate(config, workdir: str, existing: str = "auto") -> dict:
   # Fresh networks (and per-example state) for the subset: nothing carries over from the warm-up. Built here, as
   # it validates the learner's hyperparameters.
   learner = LEARNERS.get(config.learner.name)(config, model, dataset.num_classes, mesh)
-  checkpoint.prepare_run_dir(workdir, config, existing)  # everything above only reads: bad input writes nothing
+  cache = checkpoint.WarmupCache(warmup_cache, config) if warmup_cache and method.needs else None
+  checkpoint.prepare_run_dir(workdir, config, existing)  # nothing above writes to workdir: bad input leaves it as is
   writer = RunWriter(workdir, config)
   warmup_key, train_key = jax.random.split(jax.random.key(config.seed))
 
@@ -133,7 +160,7 @@ def train_and_evaluate(config, workdir: str, existing: str = "auto") -> dict:
     if snapshot is None:
       start = time.perf_counter()
       if method.needs:
-        inputs = warm_up(config, dataset, model, mesh, method, warmup_key, writer, checkpoints, stop)
+        inputs = warm_up(config, dataset, model, mesh, method, warmup_key, writer, checkpoints, stop, cache)
       else:
         inputs = SelectionInputs(labels=dataset.train_labels, num_classes=dataset.num_classes)
       selected = np.asarray(method.select(inputs, budget), np.int64)

@@ -9,8 +9,10 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -18,7 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from prune4rel_jax import train
+from prune4rel_jax import checkpoint, train
 from prune4rel_jax.selection import METHODS, Method
 from test_end_to_end import quickstart_config
 
@@ -205,3 +207,46 @@ def test_a_run_stopped_during_the_warm_up_resumes_it_and_ends_bit_identical(tmp_
   assert f"resuming the warm-up from run 1, epoch {saved}/4" in out
   assert not (workdir / "checkpoints" / "warmup").exists()  # superseded by the selection's checkpoint
   _assert_identical(_results(workdir, 2), _results(uninterrupted, 2))
+
+
+def test_runs_sharing_a_warmup_cache_end_as_runs_that_train_their_own(uninterrupted, tmp_path, capsys):
+  cache = tmp_path / "warmups"
+  train.train_and_evaluate(_config(), str(tmp_path / "first"), warmup_cache=str(cache))
+  _assert_identical(_results(tmp_path / "first"), _results(uninterrupted))
+  (entry,) = cache.iterdir()
+  assert (entry / "run0.json").exists() and not (entry / "run0.lock").exists()
+
+  # Another method and fraction: the warm-up is restored, not trained; a lock left by a dead process is taken over.
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+  (entry / "run0.lock").write_text(f"{socket.gethostname()} {dead.stdout.strip()}")
+  other = {**OVERRIDES, "selection.name": "forgetting", "selection.fraction": 0.6}
+  capsys.readouterr()
+  train.train_and_evaluate(_config(other), str(tmp_path / "shared"), warmup_cache=str(cache))
+  assert "warm-up run 1 restored from" in capsys.readouterr().out
+  assert _train_epochs_logged(tmp_path / "shared", "warmup") == 1  # the stored warm-up's records, once
+  train.train_and_evaluate(_config(other), str(tmp_path / "own"))
+  _assert_identical(_results(tmp_path / "shared"), _results(tmp_path / "own"))
+
+
+def test_a_warmup_lock_held_by_a_live_process_is_waited_for(tmp_path, monkeypatch):
+  monkeypatch.setattr(checkpoint.WarmupCache, "POLL_SECONDS", 0.05)
+  cache = checkpoint.WarmupCache(str(tmp_path), _config())
+  holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+  lock = os.path.join(cache.directory, "run0.lock")
+  with open(lock, "w") as f:
+    f.write(f"{socket.gethostname()} {holder.pid}")
+  acquired = threading.Event()
+
+  def claim():
+    with cache.claim(0, checkpoint.StopOnSigterm()):
+      acquired.set()
+
+  waiter = threading.Thread(target=claim)
+  waiter.start()
+  try:
+    assert not acquired.wait(0.5)  # the holder is alive: wait
+  finally:
+    holder.kill()
+    holder.wait()
+  waiter.join(10)
+  assert acquired.is_set() and not os.path.exists(lock)  # taken over once the holder died, released after
