@@ -11,9 +11,12 @@ The data stream is a pure function of (seed, step) (`pipeline.train_stream`) and
 
 Checkpoint numbers are save points, not optimiser steps: 0 is the selection (fresh state, epoch 0), n the end of
 training epoch n. The warm-up before selection has its own save points under `checkpoints/warmup` (the warm-up
-network, the forgetting counters and the records of finished warm-up runs), removed once selection is saved. Saves are asynchronous (orbax copies the arrays to host memory before `save` returns, so the
-next step may donate them) and collective over processes; orbax commits a checkpoint by renaming its temporary
-directory, so a save cut short by a kill is never listed, and a damaged committed one is skipped on restore.
+network, the forgetting counters and the records of finished warm-up runs), removed once selection is saved.
+Saves are asynchronous (orbax copies the arrays to host memory before `save` returns, so the next step may donate
+them) and collective over processes; orbax commits a checkpoint by renaming its temporary directory, so a save cut
+short by a kill is never listed, and a damaged committed one is set aside on restore. A checkpoint whose state has
+other arrays than the code builds (a renamed layer) is refused with an error, neither restored nor set aside.
+`WarmupCache` keeps finished warm-up networks that several runs share (a sweep's cells).
 """
 
 import contextlib
@@ -75,9 +78,11 @@ class Checkpoints:
     self.directory = os.path.abspath(os.path.join(workdir, SUBDIR))
     options = ocp.CheckpointManagerOptions(max_to_keep=cfg.keep, create=True, cleanup_tmp_directories=True,
                                            enable_async_checkpointing=cfg.async_save)
-    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "arrays", "meta"))
-    self.warmup = ocp.CheckpointManager(os.path.join(self.directory, WARMUP_SUBDIR), options=options,
-                                        item_names=("state", "arrays", "meta"))
+    self.manager, self.warmup = (
+        ocp.CheckpointManager(directory, options=options, item_handlers={  # handlers: item_metadata reads them
+            "state": ocp.StandardCheckpointHandler(), "arrays": ocp.StandardCheckpointHandler(),
+            "meta": ocp.JsonCheckpointHandler()})
+        for directory in (self.directory, os.path.join(self.directory, WARMUP_SUBDIR)))
 
   def due(self, epoch: int, epochs: int) -> bool:
     """Whether to save after (0-based) `epoch`: every `every_epochs` and at the end of the phase."""
@@ -105,6 +110,8 @@ class Checkpoints:
     for step in sorted(self.warmup.all_steps(), reverse=True):
       try:
         return self._restore_warmup(step, fresh_state)
+      except UserError:
+        raise
       except Exception as e:  # noqa: BLE001  (as `restore_latest`)
         print(f"warm-up checkpoint {step} is damaged ({type(e).__name__}); trying an older one", flush=True)
         self._set_aside(step, self.warmup)
@@ -118,8 +125,9 @@ class Checkpoints:
     for name, value in arrays.items():
       run, field = name.split(".", 1)
       finished[int(run.removeprefix("run"))][field] = np.asarray(value)
-    state = self.warmup.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_abstract(fresh_state())))).state
+    target = _abstract(fresh_state())
+    _check_structure(self.warmup, step, target)
+    state = self.warmup.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
     return WarmupSnapshot(run=restored.meta["run"], epoch=restored.meta["epoch"], state=state,
                           finished_runs=finished, records=restored.meta["records"])
 
@@ -139,6 +147,8 @@ class Checkpoints:
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         return self._restore(step, fresh_state)
+      except UserError:
+        raise
       except Exception as e:  # orbax/tensorstore raise many types for damaged files  # noqa: BLE001
         print(f"checkpoint {step} in {self.directory} is damaged ({type(e).__name__}: "
               f"{' '.join(str(e).split())[:200]}); trying an older one", flush=True)
@@ -151,6 +161,7 @@ class Checkpoints:
     arrays = {k: np.asarray(v) for k, v in restored.arrays.items()}
     meta = restored.meta
     target = _abstract(fresh_state(len(arrays["selected"])))
+    _check_structure(self.manager, step, target)
     state = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
     inputs = SelectionInputs(num_classes=meta["num_classes"],
                              **{k.removeprefix("inputs."): v for k, v in arrays.items() if k.startswith("inputs.")})
@@ -281,6 +292,27 @@ def _holder_died(lock: str) -> bool:
 def _abstract(state):
   """Shapes, dtypes and placement of `state`: the restore target, so restored arrays land where fresh ones do."""
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+
+
+def _leaves(tree) -> dict[tuple[str, ...], tuple[int, ...]]:
+  """{path: shape} of `tree`'s arrays, the path as plain names (a restored metadata tree has dicts and lists where
+  the state has dataclasses and tuples)."""
+  def name(key) -> str:
+    return str(next((getattr(key, a) for a in ("key", "name", "idx") if hasattr(key, a)), key))
+  return {tuple(map(name, path)): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _check_structure(manager: ocp.CheckpointManager, step: int, target) -> None:
+  """A checkpoint whose state has other arrays than this run's is not damaged: the code that wrote it built another
+  model or learner state (renamed layers, say). Restoring it would fail, or worse, fill arrays by position; setting
+  it aside as damaged would silently start afresh. Say so instead."""
+  stored, wanted = _leaves(manager.item_metadata(step).state), _leaves(target)
+  if stored != wanted:
+    differ = sorted(set(stored.items()) ^ set(wanted.items()))[0][0]
+    raise UserError(f"checkpoint {step} in {manager.directory} holds a state of another structure than this code "
+                    f"builds (first difference at {'/'.join(differ)}): it was written by another version of the "
+                    f"model or learner. Run it with that version, or start afresh (--overwrite, or delete the "
+                    f"directory)")
 
 
 def _array_fields(inputs: SelectionInputs) -> dict[str, np.ndarray]:

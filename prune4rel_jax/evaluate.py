@@ -31,3 +31,20 @@ def accuracy(learner: Learner, state, images, labels: np.ndarray, batch_size: in
   (`make_view("test")`: the central crop of the 224-px datasets, None for the others)."""
   logits = predict_dataset(learner, state, images, np.arange(len(labels)), batch_size, view)["logits"]
   return float((logits.argmax(-1) == labels).mean())
+
+
+def relabeling(learner: Learner, state, dataset, selected: np.ndarray, batch_size: int,
+               view: pipeline.View | None = None) -> dict[str, float | None]:
+  """How well the trained network re-labels the noisy training set, the quantity Prune4ReL maximises: the share
+  of training examples whose predicted class is their clean label, over the whole training set (the pruned
+  examples included) and over the subset, and the share of the subset's mislabelled examples it corrects. None
+  where the clean labels are unknown (real-noise sets without a verified split)."""
+  clean = dataset.train_clean_labels
+  if clean is None:
+    return {"relabel_accuracy": None, "relabel_accuracy_subset": None, "noisy_subset_corrected": None}
+  predicted = predict_dataset(learner, state, dataset.train_images, np.arange(len(clean)), batch_size,
+                              view)["logits"].argmax(-1)
+  right = predicted == clean
+  noisy_in_subset = selected[dataset.train_labels[selected] != clean[selected]]
+  return {"relabel_accuracy": float(right.mean()), "relabel_accuracy_subset": float(right[selected].mean()),
+          "noisy_subset_corrected": float(right[noisy_in_subset].mean()) if len(noisy_in_subset) else None}

@@ -7,7 +7,9 @@
 Every cell is an ordinary run (`train.train_and_evaluate`) in `workdir/<noise>/<learner>/<method>/f<fraction>/s<seed>/`;
 cells whose `summary.json` exists are skipped, so an interrupted sweep picks up where it stopped. The results are
 gathered into `results.csv`, `results.md` (mean ± std over seeds) and one plot per noise setting and learner:
-clean test accuracy vs fraction (one line per method) beside the noisy-label share of the selected subsets.
+clean test accuracy vs fraction (one line per method) beside the noisy-label share of the selected subsets and the
+re-labeling accuracy on the whole training set (`evaluate.relabeling`). To add a summary field to cells that finished
+before it existed, delete their `summary.json`: the sweep resumes them from their last checkpoint, training nothing.
 Config overrides (`--config.epochs=50`) apply to every cell. A config file that takes the learner as its argument
 (`configs/cifar10n.py:sop_plus`) is re-read for each learner of `--learners`, so each runs with its own settings.
 
@@ -57,7 +59,8 @@ _CACHE = flags.DEFINE_string("compilation_cache", None, "persistent XLA compilat
                              "(default: WORKDIR/.jax_cache; '' disables it)")
 
 FIELDS = ("noise", "learner", "method", "fraction", "seed", "test_accuracy", "best_test_accuracy",
-          "noisy_share_of_subset", "subset_size", "selection_seconds", "train_seconds")
+          "noisy_share_of_subset", "relabel_accuracy", "relabel_accuracy_subset", "noisy_subset_corrected",
+          "subset_size", "selection_seconds", "train_seconds")
 
 
 def cells(noises, learners, methods, fractions, seeds):
@@ -181,16 +184,19 @@ def run_workers(jobs: int, workdir: str, dirs: list[str]) -> None:
 
 
 def aggregate(rows: list[dict]) -> dict:
-  """(noise, learner, method, fraction) → mean/std of accuracy and noisy share over seeds."""
+  """(noise, learner, method, fraction) → mean/std over seeds of the test accuracy, the noisy-label share of the
+  subset and the re-labeling accuracy (the last two over the seeds that report them)."""
   groups = defaultdict(list)
   for r in rows:
     groups[(r["noise"], r["learner"], r["method"], r["fraction"])].append(r)
   out = {}
   for key, group in groups.items():
     acc = np.array([g["test_accuracy"] for g in group], float)
-    share = np.array([g["noisy_share_of_subset"] for g in group if g["noisy_share_of_subset"] is not None], float)
-    out[key] = {"acc_mean": acc.mean(), "acc_std": acc.std(), "n": len(group),
-                "share_mean": share.mean() if len(share) else float("nan")}
+    out[key] = {"acc_mean": acc.mean(), "acc_std": acc.std(), "n": len(group)}
+    for field in ("noisy_share_of_subset", "relabel_accuracy"):
+      known = np.array([g[field] for g in group if g[field] is not None], float)
+      out[key][field] = {"mean": known.mean() if len(known) else float("nan"), "std": known.std() if len(known)
+                         else float("nan"), "n": len(known)}
   return out
 
 
@@ -201,23 +207,30 @@ def write_tables(rows: list[dict], workdir: str) -> None:
     writer.writerows({k: r[k] for k in FIELDS} for r in rows)
   stats = aggregate(rows)
   fractions = sorted({k[3] for k in stats})
+
+  def accuracy(s: dict) -> str:
+    return (f"{100 * s['acc_mean']:.1f} ± {100 * s['acc_std']:.1f} "
+            f"(noisy {100 * s['noisy_share_of_subset']['mean']:.0f}%, n={s['n']})")
+
+  def relabeling(s: dict) -> str:
+    r = s["relabel_accuracy"]
+    return "—" if not r["n"] else f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f} (n={r['n']})"
+
   lines = []
   for noise, learner in sorted({(k[0], k[1]) for k in stats}):
-    lines += [f"### noise {noise}, learner {learner}", "",
-              "| method | " + " | ".join(f"f={f:g}" for f in fractions) + " |",
-              "|---|" + "---|" * len(fractions)]
-    for method in sorted({k[2] for k in stats if k[:2] == (noise, learner)}):
-      cells_text = []
-      for fr in fractions:
-        s = stats.get((noise, learner, method, fr))
-        cells_text.append("—" if s is None else
-                          f"{100 * s['acc_mean']:.1f} ± {100 * s['acc_std']:.1f} "
-                          f"(noisy {100 * s['share_mean']:.0f}%, n={s['n']})")
-      lines.append(f"| {method} | " + " | ".join(cells_text) + " |")
-    lines.append("")
+    methods = sorted({k[2] for k in stats if k[:2] == (noise, learner)})
+    for title, cell in (("clean test accuracy", accuracy), ("re-labeling accuracy", relabeling)):
+      lines += [f"### noise {noise}, learner {learner}: {title}", "",
+                "| method | " + " | ".join(f"f={f:g}" for f in fractions) + " |",
+                "|---|" + "---|" * len(fractions)]
+      for method in methods:
+        found = [stats.get((noise, learner, method, fr)) for fr in fractions]
+        lines.append(f"| {method} | " + " | ".join("—" if s is None else cell(s) for s in found) + " |")
+      lines.append("")
   with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write("Clean test accuracy (%), mean ± std over seeds; in brackets the noisy-label share of the selected "
-            "subset.\n\n" + "\n".join(lines))
+    f.write("Mean ± std over seeds (%). Clean test accuracy, with the noisy-label share of the selected subset in "
+            "brackets; re-labeling accuracy: the share of the whole training set (pruned examples included) whose "
+            "clean label the trained network predicts, where the clean labels are known.\n\n" + "\n".join(lines))
 
 
 def plot(rows: list[dict], workdir: str) -> None:
@@ -227,17 +240,20 @@ def plot(rows: list[dict], workdir: str) -> None:
 
   stats = aggregate(rows)
   for noise, learner in sorted({(k[0], k[1]) for k in stats}):
-    fig, (ax_acc, ax_share) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax_acc, ax_share, ax_relabel) = plt.subplots(1, 3, figsize=(15, 4))
     for method in sorted({k[2] for k in stats if k[:2] == (noise, learner)}):
       keys = sorted(k for k in stats if k[:3] == (noise, learner, method))
       fr = [k[3] for k in keys]
       mean = np.array([stats[k]["acc_mean"] for k in keys]) * 100
       std = np.array([stats[k]["acc_std"] for k in keys]) * 100
       ax_acc.errorbar(fr, mean, yerr=std, marker="o", capsize=3, label=method)
-      ax_share.plot(fr, [100 * stats[k]["share_mean"] for k in keys], marker="o", label=method)
+      ax_share.plot(fr, [100 * stats[k]["noisy_share_of_subset"]["mean"] for k in keys], marker="o", label=method)
+      ax_relabel.plot(fr, [100 * stats[k]["relabel_accuracy"]["mean"] for k in keys], marker="o", label=method)
     ax_acc.set(xlabel="selection fraction", ylabel="clean test accuracy (%)", title=f"{noise}, {learner}")
     ax_share.set(xlabel="selection fraction", ylabel="noisy labels in subset (%)", title="noisy-label share")
-    for ax in (ax_acc, ax_share):
+    ax_relabel.set(xlabel="selection fraction", ylabel="clean label predicted (%)",
+                   title="re-labeling accuracy, whole training set")
+    for ax in (ax_acc, ax_share, ax_relabel):
       ax.grid(alpha=0.3)
       ax.legend(fontsize=8)
     fig.tight_layout()
@@ -281,7 +297,7 @@ def main(argv):
         summary = train_and_evaluate(cell_config(bases[learner], noise, learner, method, fraction, seed), directory,
                                      warmup_cache=warmup_cache)
       rows.append({"noise": noise, "learner": learner, "method": method, "fraction": fraction, "seed": seed,
-                   **{k: summary[k] for k in FIELDS[5:]}})
+                   **{k: summary.get(k) for k in FIELDS[5:]}})  # get: cells run before a field existed
   except UserError as e:
     fail(str(e))
   except Preempted as e:

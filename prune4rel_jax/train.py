@@ -204,6 +204,7 @@ def train_and_evaluate(config, workdir: str, existing: str = "auto", warmup_cach
       "fraction": config.selection.fraction, "num_train": dataset.num_train, "subset_size": int(budget),
       "noise_type": config.data.noise_type, "noise_rate_full": None if noisy is None else float(noisy.mean()),
       "noisy_share_of_subset": None if noisy is None else float(noisy[selected].mean()),
+      **evaluate.relabeling(learner, state, dataset, selected, config.eval_batch_size, make_view("test", config.data)),
       "test_accuracy": tested[-1] if tested else None, "best_test_accuracy": max(tested) if tested else None,
       "selection_seconds": timings["selection_seconds"], "train_seconds": train_seconds,
       "num_devices": int(mesh.devices.size), "seed": config.seed,

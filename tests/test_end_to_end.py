@@ -4,10 +4,11 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 
-from prune4rel_jax import train
+from prune4rel_jax import evaluate, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,6 +38,21 @@ def test_quickstart_writes_a_complete_run_directory(tmp_path):
   assert abs(summary["noise_rate_full"] - 0.4) < 1e-9  # symmetric noise flips exactly round(0.4·N) labels
   assert (summary["learner"], summary["selection"]) == ("sop_plus", "prune4rel")
   assert 0.0 <= summary["noisy_share_of_subset"] <= 1.0
+  for field in ("relabel_accuracy", "relabel_accuracy_subset", "noisy_subset_corrected"):
+    assert 0.0 <= summary[field] <= 1.0, field
+
+
+def test_relabeling_counts_the_clean_labels_the_network_predicts(monkeypatch):
+  """By hand: clean 0 1 2 0 1, given 0 2 2 1 1 (examples 1 and 3 mislabelled), predicted 0 1 0 1 1, subset {1, 2, 3}:
+  3 of 5 right overall, 1 of 3 in the subset, 1 of its 2 mislabelled examples corrected (example 1)."""
+  dataset = types.SimpleNamespace(train_clean_labels=np.array([0, 1, 2, 0, 1]),
+                                  train_labels=np.array([0, 2, 2, 1, 1]), train_images=np.zeros((5, 1, 1, 1)))
+  logits = np.eye(3)[[0, 1, 0, 1, 1]]
+  monkeypatch.setattr(evaluate, "predict_dataset", lambda *args, **kwargs: {"logits": logits})
+  found = evaluate.relabeling(None, None, dataset, np.array([1, 2, 3]), batch_size=8)
+  assert found == {"relabel_accuracy": 3 / 5, "relabel_accuracy_subset": 1 / 3, "noisy_subset_corrected": 1 / 2}
+  dataset.train_clean_labels = None  # real noise without verified labels: nothing to report
+  assert set(evaluate.relabeling(None, None, dataset, np.array([1]), batch_size=8).values()) == {None}
 
 
 def _cli(*args, cwd=REPO):

@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from prune4rel_jax import checkpoint, train
+from prune4rel_jax.errors import UserError
 from prune4rel_jax.selection import METHODS, Method
 from test_end_to_end import quickstart_config
 
@@ -186,6 +187,17 @@ def test_a_finished_run_resumes_to_the_same_summary_even_with_other_checkpoint_s
   summary = train.train_and_evaluate(config, str(workdir))
   assert json.loads((workdir / "summary.json").read_text()) == summary
   assert not any(name.endswith(".tmp") for name in os.listdir(workdir))
+
+
+def test_a_checkpoint_of_another_state_structure_is_refused_not_set_aside(uninterrupted, tmp_path):
+  """What a code change that renames or resizes layers leaves behind: neither damaged nor restorable."""
+  workdir = tmp_path / "run"
+  shutil.copytree(uninterrupted, workdir)
+  config = _config({**OVERRIDES, "model.small_cnn.width": 16})
+  with pytest.raises(UserError, match=f"checkpoint {EPOCHS} .* another structure.*first difference at batch_stats"):
+    train.train_and_evaluate(config, str(workdir), existing="resume")
+  kept = os.listdir(workdir / "checkpoints")
+  assert str(EPOCHS) in kept and not any(name.startswith("damaged") for name in kept), kept
 
 
 def test_a_run_stopped_during_the_warm_up_resumes_it_and_ends_bit_identical(tmp_path):
