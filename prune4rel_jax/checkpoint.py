@@ -210,8 +210,9 @@ class WarmupCache:
     self.directory = os.path.abspath(os.path.join(
         root, f"{config.data.name}-{config.learner.name}-s{config.seed}-{digest}"))
     os.makedirs(self.directory, exist_ok=True)
-    with open(os.path.join(self.directory, "identity.json"), "w") as f:
-      json.dump(identity, f, indent=2, sort_keys=True)
+    if not os.path.exists(os.path.join(self.directory, "identity.json")):  # for people; the digest is the key
+      with open(os.path.join(self.directory, "identity.json"), "w") as f:
+        json.dump(identity, f, indent=2, sort_keys=True)
 
   def _path(self, run: int) -> str:
     return os.path.join(self.directory, f"run{run}")
