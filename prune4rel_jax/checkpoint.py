@@ -21,12 +21,12 @@ other arrays than the code builds (a renamed layer) is refused with an error, ne
 
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -195,9 +195,8 @@ class WarmupCache:
   forgetting counters), the others restore it instead of training the same network again. Run r lives in
   `root/<identity>/run<r>` (orbax) next to `run<r>.json` (its epoch records, written last: the entry is complete).
 
-  `claim(run)` serialises processes that share a cache (a sweep's `--jobs` workers) with an exclusive lock file,
-  so one of them trains a run while the others wait for it instead of training it again. A lock whose process has
-  died on this host is taken over. Single-process runs only: the lock is a local file."""
+  `claim(run)` serialises processes that share a cache (a sweep's `--jobs` workers) with a file lock, so one of
+  them trains a run while the others wait for it instead of training it again. Single-process runs only."""
 
   POLL_SECONDS = 2.0
 
@@ -236,31 +235,26 @@ class WarmupCache:
 
   @contextlib.contextmanager
   def claim(self, run: int, stop: "StopOnSigterm"):
-    """Hold warm-up run `run`'s lock: wait while another live process holds it (it is training that run)."""
-    lock = self._path(run) + ".lock"
-    me = f"{socket.gethostname()} {os.getpid()}"
-    announced = False
-    while True:
+    """Hold warm-up run `run`'s lock: wait while another process holds it (it is training that run). The lock is
+    an flock, so the system releases it when its holder dies, however it dies."""
+    with open(self._path(run) + ".lock", "a") as lock:
+      announced = False
+      while True:
+        try:
+          fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+          break
+        except BlockingIOError:
+          if stop.requested():
+            raise Preempted(f"stopped while waiting for warm-up run {run + 1} in {self.directory}; rerun the same "
+                            f"command to resume") from None
+          if not announced:
+            print(f"waiting for warm-up run {run + 1}, being trained by another process ({lock.name})", flush=True)
+            announced = True
+          time.sleep(self.POLL_SECONDS)
       try:
-        with open(lock, "x") as f:
-          f.write(me)
-        break
-      except FileExistsError:
-        if _holder_died(lock):
-          with contextlib.suppress(FileNotFoundError):
-            os.remove(lock)
-          continue
-      if stop.requested():
-        raise Preempted(f"stopped while waiting for warm-up run {run + 1} in {self.directory}; rerun the same "
-                        f"command to resume")
-      if not announced:
-        print(f"waiting for warm-up run {run + 1}, being trained by another process ({lock})", flush=True)
-        announced = True
-      time.sleep(self.POLL_SECONDS)
-    try:
-      yield
-    finally:
-      os.remove(lock)
+        yield
+      finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def warmup_identity(config) -> dict:
@@ -270,24 +264,6 @@ def warmup_identity(config) -> dict:
   identity["selection"] = {"warmup_epochs": config.selection.warmup_epochs}
   identity.pop("checkpoint")
   return identity
-
-
-def _holder_died(lock: str) -> bool:
-  """Whether `lock` was taken by a process of this host that no longer runs."""
-  try:
-    with open(lock) as f:
-      host, pid = f.read().split()
-  except (FileNotFoundError, ValueError):  # removed meanwhile, or being written
-    return False
-  if host != socket.gethostname():
-    return False
-  try:
-    os.kill(int(pid), 0)
-  except ProcessLookupError:
-    return True
-  except PermissionError:  # alive, another user's
-    pass
-  return False
 
 
 def _abstract(state):

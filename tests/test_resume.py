@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -226,11 +225,9 @@ def test_runs_sharing_a_warmup_cache_end_as_runs_that_train_their_own(uninterrup
   train.train_and_evaluate(_config(), str(tmp_path / "first"), warmup_cache=str(cache))
   _assert_identical(_results(tmp_path / "first"), _results(uninterrupted))
   (entry,) = cache.iterdir()
-  assert (entry / "run0.json").exists() and not (entry / "run0.lock").exists()
+  assert (entry / "run0.json").exists()
 
-  # Another method and fraction: the warm-up is restored, not trained; a lock left by a dead process is taken over.
-  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-  (entry / "run0.lock").write_text(f"{socket.gethostname()} {dead.stdout.strip()}")
+  # Another method and fraction: the warm-up is restored, not trained.
   other = {**OVERRIDES, "selection.name": "forgetting", "selection.fraction": 0.6}
   capsys.readouterr()
   train.train_and_evaluate(_config(other), str(tmp_path / "shared"), warmup_cache=str(cache))
@@ -240,13 +237,14 @@ def test_runs_sharing_a_warmup_cache_end_as_runs_that_train_their_own(uninterrup
   _assert_identical(_results(tmp_path / "shared"), _results(tmp_path / "own"))
 
 
-def test_a_warmup_lock_held_by_a_live_process_is_waited_for(tmp_path, monkeypatch):
+def test_a_warmup_lock_is_waited_for_while_its_holder_lives(tmp_path, monkeypatch):
   monkeypatch.setattr(checkpoint.WarmupCache, "POLL_SECONDS", 0.05)
   cache = checkpoint.WarmupCache(str(tmp_path), _config())
-  holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
   lock = os.path.join(cache.directory, "run0.lock")
-  with open(lock, "w") as f:
-    f.write(f"{socket.gethostname()} {holder.pid}")
+  holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+                             "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)", lock],
+                            stdout=subprocess.PIPE, text=True)
+  assert holder.stdout.readline() == "locked\n"
   acquired = threading.Event()
 
   def claim():
@@ -258,7 +256,7 @@ def test_a_warmup_lock_held_by_a_live_process_is_waited_for(tmp_path, monkeypatc
   try:
     assert not acquired.wait(0.5)  # the holder is alive: wait
   finally:
-    holder.kill()
+    holder.kill()  # SIGKILL: the system releases its lock
     holder.wait()
   waiter.join(10)
-  assert acquired.is_set() and not os.path.exists(lock)  # taken over once the holder died, released after
+  assert acquired.is_set()
