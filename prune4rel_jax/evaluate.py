@@ -39,12 +39,13 @@ def relabeling(learner: Learner, state, dataset, selected: np.ndarray, batch_siz
   of training examples whose predicted class is their clean label, over the whole training set (the pruned
   examples included) and over the subset, and the share of the subset's mislabelled examples it corrects. None
   where the clean labels are unknown (real-noise sets without a verified split)."""
-  clean = dataset.train_clean_labels
-  if clean is None:
+  noisy = dataset.noisy_mask()
+  if noisy is None:
     return {"relabel_accuracy": None, "relabel_accuracy_subset": None, "noisy_subset_corrected": None}
+  clean = dataset.train_clean_labels
   predicted = predict_dataset(learner, state, dataset.train_images, np.arange(len(clean)), batch_size,
                               view)["logits"].argmax(-1)
   right = predicted == clean
-  noisy_in_subset = selected[dataset.train_labels[selected] != clean[selected]]
+  noisy_in_subset = selected[noisy[selected]]
   return {"relabel_accuracy": float(right.mean()), "relabel_accuracy_subset": float(right[selected].mean()),
           "noisy_subset_corrected": float(right[noisy_in_subset].mean()) if len(noisy_in_subset) else None}

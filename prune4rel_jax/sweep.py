@@ -195,8 +195,8 @@ def aggregate(rows: list[dict]) -> dict:
     out[key] = {"acc_mean": acc.mean(), "acc_std": acc.std(), "n": len(group)}
     for field in ("noisy_share_of_subset", "relabel_accuracy"):
       known = np.array([g[field] for g in group if g[field] is not None], float)
-      out[key][field] = {"mean": known.mean() if len(known) else float("nan"), "std": known.std() if len(known)
-                         else float("nan"), "n": len(known)}
+      mean, std = (known.mean(), known.std()) if len(known) else (float("nan"), float("nan"))
+      out[key][field] = {"mean": mean, "std": std, "n": len(known)}
   return out
 
 

@@ -1,5 +1,6 @@
 """The quickstart pipeline, end to end, on the real embedded digits (tiny epochs), and the CLI's bad-input path."""
 
+import functools
 import json
 import os
 import subprocess
@@ -9,6 +10,7 @@ import types
 import numpy as np
 
 from prune4rel_jax import evaluate, train
+from prune4rel_jax.data import Dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,6 +49,7 @@ def test_relabeling_counts_the_clean_labels_the_network_predicts(monkeypatch):
   3 of 5 right overall, 1 of 3 in the subset, 1 of its 2 mislabelled examples corrected (example 1)."""
   dataset = types.SimpleNamespace(train_clean_labels=np.array([0, 1, 2, 0, 1]),
                                   train_labels=np.array([0, 2, 2, 1, 1]), train_images=np.zeros((5, 1, 1, 1)))
+  dataset.noisy_mask = functools.partial(Dataset.noisy_mask, dataset)
   logits = np.eye(3)[[0, 1, 0, 1, 1]]
   monkeypatch.setattr(evaluate, "predict_dataset", lambda *args, **kwargs: {"logits": logits})
   found = evaluate.relabeling(None, None, dataset, np.array([1, 2, 3]), batch_size=8)
