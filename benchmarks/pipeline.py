@@ -2,13 +2,14 @@
 
   python benchmarks/pipeline.py                       # every dataset; fake files, real Fashion-MNIST if installed
   python benchmarks/pipeline.py --datasets webvision,imagenet --steps 10 --read-threads 2
+  python benchmarks/pipeline.py --datasets cifar10 --workers 4      # grain worker processes (config.loading)
 
 For each dataset the script writes a fake copy of its on-disk format (`prune4rel_jax/data/fakes.py`; photo-sized
 JPEGs for the 224-px datasets) in a temporary folder — or takes the real Fashion-MNIST from the Debian package —
 builds it with its tfds builder, loads it as training does, and times `pipeline.train_stream` over the training
 set: record reads, decoding (224-px datasets) and the weak view (crop + flip, as `data.*` of the dataset's config
 says), then the same with SOP+'s strong view (`image_strong`) added. Prints a Markdown table; the build (+ load)
-time is reported apart.
+time and the wait for the first batch (worker start-up, once per phase in training) are reported apart.
 """
 
 import argparse
@@ -50,15 +51,17 @@ def strong_view(cfg, dataset):
     return None
 
 
-def time_stream(dataset, views, batch: int, steps: int, read_threads: int) -> float:
-  """Images/s over `steps` batches after one warm-up batch."""
+def time_stream(dataset, views, batch: int, steps: int, loading: pipeline.Loading) -> tuple[float, float]:
+  """(seconds to the first batch, images/s over the next `steps` batches)."""
+  start = time.perf_counter()
   stream = pipeline.train_stream(dataset.train_images, dataset.train_labels, np.arange(dataset.num_train),
                                  batch_size=batch, seed=0, views=views, start_step=0, num_steps=steps + 1,
-                                 read_threads=read_threads)
+                                 loading=loading)
   next(stream)
+  first = time.perf_counter() - start
   start = time.perf_counter()
   count = sum(1 for _ in stream)
-  return count * batch / (time.perf_counter() - start)
+  return first, count * batch / (time.perf_counter() - start)
 
 
 def main():
@@ -66,12 +69,15 @@ def main():
   p.add_argument("--datasets", default=",".join(DATASETS))
   p.add_argument("--batch", type=int, default=128)
   p.add_argument("--steps", type=int, default=20)
-  p.add_argument("--read-threads", type=int, default=1, help="grain read threads (train_stream's read_threads)")
+  p.add_argument("--read-threads", type=int, default=1, help="grain read threads per process (loading.read_threads)")
+  p.add_argument("--workers", type=int, default=0, help="grain worker processes (loading.workers)")
   args = p.parse_args()
-  print(f"{os.cpu_count()} CPUs; batch {args.batch}, {args.steps} timed steps, grain read threads "
-        f"{args.read_threads}; load average {os.getloadavg()[0]:.2f}\n")
-  print("| dataset | files | train images | stored shape | build + load s | img/s, weak view | img/s, weak + strong |")
-  print("|---|---|---|---|---|---|---|")
+  loading = pipeline.Loading(workers=args.workers, read_threads=args.read_threads)
+  print(f"{os.cpu_count()} CPUs; batch {args.batch}, {args.steps} timed steps, {loading}; load average "
+        f"{os.getloadavg()[0]:.2f}\n")
+  print("| dataset | files | train images | stored shape | build + load s | img/s, weak view | img/s, weak + strong "
+        "| first batch s, weak / weak + strong |")
+  print("|---|---|---|---|---|---|---|---|")
   with tempfile.TemporaryDirectory() as tmp:
     for name in args.datasets.split(","):
       write, fields = DATASETS[name]
@@ -91,13 +97,13 @@ def main():
         dataset = load_dataset(cfg)
       build = time.perf_counter() - start
       weak = {"image": make_view("image", cfg)}
-      rates = [time_stream(dataset, weak, args.batch, args.steps, args.read_threads)]
+      timings = [time_stream(dataset, weak, args.batch, args.steps, loading)]
       strong = strong_view(cfg, dataset)
       if strong is not None:
-        rates.append(time_stream(dataset, {**weak, "image_strong": strong}, args.batch, args.steps,
-                                 args.read_threads))
-      cells = " | ".join(f"{rate:.0f}" for rate in rates) + (" | –" if strong is None else "")
-      print(f"| {name} | {files} | {dataset.num_train} | {dataset.image_shape} | {build:.1f} | {cells} |",
+        timings.append(time_stream(dataset, {**weak, "image_strong": strong}, args.batch, args.steps, loading))
+      rates = " | ".join(f"{rate:.0f}" for _, rate in timings) + (" | –" if strong is None else "")
+      firsts = " / ".join(f"{first:.1f}" for first, _ in timings)
+      print(f"| {name} | {files} | {dataset.num_train} | {dataset.image_shape} | {build:.1f} | {rates} | {firsts} |",
             flush=True)
 
 

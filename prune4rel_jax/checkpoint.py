@@ -46,7 +46,7 @@ WARMUP_SUBDIR = "warmup"
 # Files a run writes into its directory (reporting.RunWriter); `--overwrite` removes exactly these.
 RUN_FILES = ("config.json", "metrics.jsonl", "selected_indices.npy", "summary.json", "curves.png")
 # Config sections that do not change results: a run may resume with different values.
-NOT_COMPARED = ("checkpoint",)
+NOT_COMPARED = ("checkpoint", "loading")
 
 
 @dataclasses.dataclass
@@ -259,10 +259,9 @@ class WarmupCache:
 
 def warmup_identity(config) -> dict:
   """What a warm-up network depends on: the whole config but the selection method (only its warm-up epochs count)
-  and the checkpoint policy."""
-  identity = json.loads(config.to_json_best_effort())
+  and the sections that do not change results."""
+  identity = _comparable(json.loads(config.to_json_best_effort()))
   identity["selection"] = {"warmup_epochs": config.selection.warmup_epochs}
-  identity.pop("checkpoint")
   return identity
 
 

@@ -67,6 +67,14 @@ def default_config() -> ml_collections.ConfigDict:
   for name in METHODS.names():
     c.selection[name] = METHODS.get(name).defaults()
 
+  # How the host feeds the devices: changes the speed, never the batches (pipeline.Loading), so not compared on
+  # resume. The original's DataLoaders use 4–8 worker processes; SOP+'s strong view needs them on a GPU host.
+  c.loading = ml_collections.ConfigDict(dict(
+      workers=0,             # grain worker processes that load and augment training batches (0: this process)
+      read_threads=1,        # grain read threads per process (the views hold the GIL: threads gain 5-15 %)
+      prefetch=2,            # batches buffered ahead per process
+  ))
+
   c.checkpoint = ml_collections.ConfigDict(dict(
       every_epochs=1,        # save after every n-th warm-up and training epoch (0: only at the end of each phase)
       keep=2,                # newest checkpoints kept (the older one is the fallback for a damaged newest)
@@ -97,5 +105,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.checkpoint.every_epochs < 0 or config.checkpoint.keep < 1:
     raise UserError(f"checkpoint.every_epochs={config.checkpoint.every_epochs} must be >= 0 and "
                     f"checkpoint.keep={config.checkpoint.keep} >= 1")
+  if config.loading.workers < 0 or config.loading.read_threads < 1 or config.loading.prefetch < 0:
+    raise UserError(f"loading.workers={config.loading.workers} must be >= 0, loading.read_threads="
+                    f"{config.loading.read_threads} >= 1 and loading.prefetch={config.loading.prefetch} >= 0")
   if config.optim.lr <= 0:
     raise UserError(f"optim.lr={config.optim.lr} must be positive")

@@ -30,24 +30,26 @@ def train_learner(config, learner: Learner, state, dataset: Dataset, indices: np
   outputs (warm-up recorders)."""
   views = {name: make_view(name, config.data, dataset.mean) for name in learner.views}
   seed = int(jax.random.randint(jax.random.fold_in(key, 0), (), 0, 2**31 - 1))
-  for epoch in range(start_epoch, epochs):
-    start = time.perf_counter()
-    lr = optim.learning_rate(config.optim, epoch, config.epochs)
-    data = pipeline.EpochData(dataset.train_images, dataset.train_labels, indices, config.batch_size, seed,
-                              epoch, views, desc=f"{phase} epoch {epoch + 1}/{epochs}", phase=phase)
-    state, metrics = learner.train_epoch(state, data, lr, key, on_step)
-    record = {"phase": phase, "epoch": epoch, "lr": lr, **metrics}
-    if evaluate_test and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == epochs):
-      record["test_accuracy"] = evaluate.accuracy(learner, state, dataset.test_images, dataset.test_labels,
-                                                  config.eval_batch_size, make_view("test", config.data))
-    if not np.isfinite(record.get("loss", 0.0)):
-      raise UserError(f"{phase} epoch {epoch + 1}: the loss is {record['loss']}; lower optim.lr or check the data")
-    record["seconds"] = time.perf_counter() - start
-    writer.log(record)
-    print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
-          flush=True)
-    if after_epoch is not None:
-      after_epoch(epoch, state)
+  with pipeline.OpenStreams(epochs, pipeline.Loading(**config.loading)) as streams:
+    for epoch in range(start_epoch, epochs):
+      start = time.perf_counter()
+      lr = optim.learning_rate(config.optim, epoch, config.epochs)
+      data = pipeline.EpochData(dataset.train_images, dataset.train_labels, indices, config.batch_size, seed,
+                                epoch, views, desc=f"{phase} epoch {epoch + 1}/{epochs}", phase=phase,
+                                streams=streams)
+      state, metrics = learner.train_epoch(state, data, lr, key, on_step)
+      record = {"phase": phase, "epoch": epoch, "lr": lr, **metrics}
+      if evaluate_test and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == epochs):
+        record["test_accuracy"] = evaluate.accuracy(learner, state, dataset.test_images, dataset.test_labels,
+                                                    config.eval_batch_size, make_view("test", config.data))
+      if not np.isfinite(record.get("loss", 0.0)):
+        raise UserError(f"{phase} epoch {epoch + 1}: the loss is {record['loss']}; lower optim.lr or check the data")
+      record["seconds"] = time.perf_counter() - start
+      writer.log(record)
+      print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
+            flush=True)
+      if after_epoch is not None:
+        after_epoch(epoch, state)
   return state
 
 

@@ -66,6 +66,11 @@ def test_fraction_outside_zero_one(tmp_path, fraction):
            "(0, 1]")
 
 
+@pytest.mark.parametrize("field, value", [("loading.workers", -1), ("loading.read_threads", 0)])
+def test_loading_options_out_of_range(tmp_path, field, value):
+  _rejects(_config(**{field: value}), tmp_path / "run", f"{field}={value}")
+
+
 def test_balanced_budget_smaller_than_the_number_of_classes(tmp_path):
   config = _config(**{"selection.fraction": 0.004, "selection.balance": True})  # 6 of 1,500 examples, 10 classes
   _rejects(config, tmp_path / "run", "keeps 6 of 1500", "10 classes", "selection.balance")

@@ -9,12 +9,20 @@ def _images(n=10, h=4):
   return (np.arange(n)[:, None, None, None] * np.ones((1, h, h, 1))).astype(np.uint8)
 
 
-def _stream(indices, start, steps, seed=0, views=None):
+def _stream(indices, start, steps, seed=0, views=None, loading=pipeline.Loading()):
   images = _images(20)
   labels = np.arange(20) % 3
   return list(pipeline.train_stream(images, labels, np.asarray(indices), batch_size=4, seed=seed,
                                     views=views or {"image": lambda x, rnd: x}, start_step=start,
-                                    num_steps=steps))
+                                    num_steps=steps, loading=loading))
+
+
+def _assert_same_batches(expected, actual):
+  assert len(expected) == len(actual)
+  for a, b in zip(expected, actual):
+    assert a.keys() == b.keys()
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
 
 
 def test_every_example_once_per_epoch_and_positions_map_to_indices():
@@ -35,12 +43,40 @@ def test_stream_is_a_pure_function_of_seed_and_step():
   indices = np.arange(20)
   view = {"image": functools.partial(augment.weak, crop_padding=1, flip=True)}
   whole = _stream(indices, 0, 8, views=view)
-  resumed = _stream(indices, 5, 3, views=view)
-  for a, b in zip(whole[5:], resumed):
-    for key in a:
-      np.testing.assert_array_equal(a[key], b[key])
+  _assert_same_batches(whole[5:], _stream(indices, 5, 3, views=view))
   other_seed = _stream(indices, 0, 8, seed=1, views=view)
   assert any((a["index"] != b["index"]).any() for a, b in zip(whole, other_seed))
+
+
+def test_worker_processes_give_the_same_batches():
+  view = {"image": functools.partial(augment.weak, crop_padding=1, flip=True)}
+  in_process = _stream(np.arange(20), 3, 6, views=view)
+  _assert_same_batches(in_process, _stream(np.arange(20), 3, 6, views=view,
+                                           loading=pipeline.Loading(workers=2, read_threads=2)))
+
+
+def test_open_streams_continue_each_stream_across_epochs(monkeypatch):
+  """An epoch taken from a stream held open equals that epoch of a fresh stream; a stream is built once per
+  (seed, views) while epochs follow each other, and again when an epoch is skipped or repeated (a resume)."""
+  built = []
+  original = pipeline.train_stream
+  monkeypatch.setattr(pipeline, "train_stream", lambda *a, **k: built.append(k["start_step"]) or original(*a, **k))
+  view = {"image": functools.partial(augment.weak, crop_padding=1, flip=True)}
+  indices = np.arange(2, 12)  # 10 examples, batch 4: 3 steps per epoch
+
+  def epoch(streams, number, seed=0):
+    data = pipeline.EpochData(_images(20), np.arange(20) % 3, indices, 4, seed, number, view, "test",
+                              streams=streams)
+    return list(data.batches())
+
+  with pipeline.OpenStreams(end_epoch=5) as streams:
+    taken = {(seed, e): epoch(streams, e, seed) for e in range(3) for seed in (0, 7)}  # interleaved, as DivideMix
+    assert built == [0, 0]
+    taken[0, 4] = epoch(streams, 4)  # epoch 3 skipped: a new stream from epoch 4's first step
+    taken[0, 1] = epoch(streams, 1)  # epoch 1 again: likewise
+    assert built == [0, 0, 12, 3]
+  for (seed, e), batches in taken.items():
+    _assert_same_batches(_stream(indices, e * 3, 3, seed=seed, views=view), batches)
 
 
 def test_eval_batches_pad_and_mask():

@@ -6,10 +6,12 @@ global batch (`parallel.process_rows`), which `parallel.to_global` then assemble
 """
 
 import dataclasses
+import itertools
 from collections.abc import Callable, Iterator, Mapping
 
 import grain
 import numpy as np
+from absl import flags
 
 from prune4rel_jax import parallel
 from prune4rel_jax.data.augment import BatchRandom
@@ -24,9 +26,29 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
   return -(-num_examples // batch_size)
 
 
+@dataclasses.dataclass(frozen=True)
+class Loading:
+  """How the host produces training batches (`config.loading`): the speed, never the batches. `workers` > 0 runs
+  the loading and augmentation in that many grain worker processes (`mp_prefetch`), the way around the GIL for
+  Python-bound views such as AutoAugment; each worker receives a pickled copy of the stream, in-memory images
+  included, and takes seconds to start, which is why `OpenStreams` keeps a stream open across epochs."""
+  workers: int = 0
+  read_threads: int = 1
+  prefetch: int = 2
+
+  def iterate(self, dataset: grain.MapDataset) -> Iterator:
+    iterable = dataset.to_iter_dataset(grain.ReadOptions(num_threads=self.read_threads,
+                                                         prefetch_buffer_size=self.prefetch))
+    if self.workers:
+      if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; a library or notebook caller parses none
+        flags.FLAGS.mark_as_parsed()
+      iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.workers))
+    return iter(iterable)
+
+
 def train_stream(images, labels: np.ndarray, indices: np.ndarray, *, batch_size: int, seed: int,
                  views: Mapping[str, View], start_step: int, num_steps: int,
-                 read_threads: int = 1, prefetch: int = 2) -> Iterator[dict[str, np.ndarray]]:
+                 loading: Loading = Loading()) -> Iterator[dict[str, np.ndarray]]:
   """Batches `start_step … start_step+num_steps-1` of a seeded stream that reshuffles `indices` every epoch.
 
   Each batch holds this process's rows: `index` (position in the full training set), `position` (position in
@@ -41,9 +63,7 @@ def train_stream(images, labels: np.ndarray, indices: np.ndarray, *, batch_size:
 
   dataset = (grain.MapDataset.range(len(indices)).shuffle(seed=seed).repeat(None)
              .batch(batch_size, drop_remainder=True).seed(seed).random_map(load))
-  dataset = dataset[start_step:start_step + num_steps]
-  return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
-                                                        prefetch_buffer_size=prefetch)))
+  return loading.iterate(dataset[start_step:start_step + num_steps])
 
 
 def _load_rows(images, labels: np.ndarray, indices: np.ndarray, positions: np.ndarray,
@@ -65,7 +85,7 @@ def derive_seed(seed: int, *keys: int) -> int:
 
 def co_divided_stream(images, labels: np.ndarray, indices: np.ndarray, labelled: np.ndarray,
                       unlabelled: np.ndarray, *, batch_size: int, seed: int, views: Mapping[str, View],
-                      read_threads: int = 1, prefetch: int = 2) -> tuple[Iterator[dict[str, np.ndarray]], int]:
+                      loading: Loading = Loading()) -> tuple[Iterator[dict[str, np.ndarray]], int]:
   """One epoch of DivideMix batches over a labelled/unlabelled division of `indices`, and its number of steps.
 
   `labelled` and `unlabelled` are positions in `indices`; U must not be empty unless L is. The epoch has one step
@@ -93,8 +113,7 @@ def co_divided_stream(images, labels: np.ndarray, indices: np.ndarray, labelled:
     return {**batch, **{f"u_{k}": v for k, v in other.items()}}
 
   dataset = grain.MapDataset.range(num_steps).seed(view_seed).random_map(load)
-  stream = iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch)))
-  return stream, num_steps
+  return loading.iterate(dataset), num_steps
 
 
 def eval_batches(images, indices: np.ndarray, batch_size: int,
@@ -115,16 +134,63 @@ def eval_batches(images, indices: np.ndarray, batch_size: int,
     image = raw if view is None else view(raw, BatchRandom(rng, rows, batch_size))
     return {"image": image, "index": local.astype(np.int32), "mask": mask[global_rows][rows]}
 
-  dataset = grain.MapDataset.range(num_batches).seed(seed).random_map(load)
-  return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)))
+  return Loading().iterate(grain.MapDataset.range(num_batches).seed(seed).random_map(load))
+
+
+class OpenStreams:
+  """The training streams of one phase, kept open from epoch to epoch: a stream is built once for all the phase's
+  remaining steps and each epoch takes its steps from it, so grain's workers start once per phase, not once per
+  epoch. Keyed by (seed, view names), as DivideMix's warm-up draws one stream per network. A context manager:
+  leaving it shuts the streams' worker processes down."""
+
+  def __init__(self, end_epoch: int, loading: Loading = Loading()):
+    self.end_epoch, self.loading = end_epoch, loading
+    self._open: dict[tuple, _Stream] = {}
+
+  def take(self, data: "EpochData") -> Iterator[dict[str, np.ndarray]]:
+    """`data`'s epoch of its stream: continues the open stream if it stands at this epoch's first step."""
+    key, first = (data.seed, tuple(data.views)), data.epoch * data.steps
+    stream = self._open.get(key)
+    if stream is None or stream.position != first:
+      if stream is not None:
+        stream.close()
+      stream = self._open[key] = _Stream(train_stream(
+          data.images, data.labels, data.indices, batch_size=data.batch_size, seed=data.seed, views=data.views,
+          start_step=first, num_steps=(self.end_epoch - data.epoch) * data.steps, loading=self.loading), first)
+    return stream.take(data.steps)
+
+  def __enter__(self) -> "OpenStreams":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for stream in self._open.values():
+      stream.close()
+    self._open.clear()
+
+
+class _Stream:
+  """An open stream and the step it stands at (an epoch cut short leaves it where it stopped)."""
+
+  def __init__(self, iterator: Iterator, position: int):
+    self.iterator, self.position = iterator, position
+
+  def take(self, num_steps: int) -> Iterator[dict[str, np.ndarray]]:
+    for batch in itertools.islice(self.iterator, num_steps):
+      self.position += 1
+      yield batch
+
+  def close(self) -> None:
+    close = getattr(self.iterator, "close", None)  # grain iterators with worker processes hold them until closed
+    if close is not None:
+      close()
 
 
 @dataclasses.dataclass(frozen=True)
 class EpochData:
   """One epoch of training data as a learner sees it: the (sub)set `indices` of the training set, its noisy
   `labels`, the views to produce, and the epoch's position in a seeded stream. `batches()` is the standard
-  shuffled stream; learners that re-partition the data every epoch (DivideMix) build their own streams over
-  `indices` (`co_divided_stream`)."""
+  shuffled stream, continued from the previous epoch's when `streams` holds it open; learners that re-partition the
+  data every epoch (DivideMix) build their own streams over `indices` (`co_divided_stream`)."""
   images: object
   labels: np.ndarray
   indices: np.ndarray
@@ -134,11 +200,15 @@ class EpochData:
   views: Mapping[str, View]
   desc: str
   phase: str = "train"  # "warmup" (before selection) or "train" (on the subset); DivideMix warms up in the former
+  streams: OpenStreams | None = None
 
   @property
   def steps(self) -> int:
     return steps_per_epoch(len(self.indices), self.batch_size)
 
+  @property
+  def loading(self) -> Loading:
+    return Loading() if self.streams is None else self.streams.loading
+
   def batches(self) -> Iterator[dict[str, np.ndarray]]:
-    return train_stream(self.images, self.labels, self.indices, batch_size=self.batch_size, seed=self.seed,
-                        views=self.views, start_step=self.epoch * self.steps, num_steps=self.steps)
+    return (self.streams or OpenStreams(self.epoch + 1)).take(self)

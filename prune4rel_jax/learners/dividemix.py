@@ -266,7 +266,7 @@ class DivideMix(Learner):
         unlabelled = np.arange(len(data.indices))
       stream, steps = pipeline.co_divided_stream(
           data.images, data.labels, data.indices, labelled, unlabelled, batch_size=self.batch,
-          seed=pipeline.derive_seed(data.seed, data.epoch, k, _STREAM), views=data.views)
+          seed=pipeline.derive_seed(data.seed, data.epoch, k, _STREAM), views=data.views, loading=data.loading)
       num_iter = len(labelled) // self.batch + 1  # the original's ramp-up denominator
       batches = ({**b, "lambda_u": np.full(len(b["label"]), self.lambda_u(data.epoch + i / num_iter), np.float32)}
                  for i, b in enumerate(stream))  # a per-step scalar; run_steps shards every entry by rows
