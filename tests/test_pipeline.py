@@ -2,6 +2,7 @@ import functools
 
 import numpy as np
 
+from prune4rel_jax.config import default_config
 from prune4rel_jax.data import augment, pipeline
 
 
@@ -77,6 +78,17 @@ def test_open_streams_continue_each_stream_across_epochs(monkeypatch):
     assert built == [0, 0, 12, 3]
   for (seed, e), batches in taken.items():
     _assert_same_batches(_stream(indices, e * 3, 3, seed=seed, views=view), batches)
+
+
+def test_every_training_view_crops_to_the_image_size():
+  """Views of one batch are stacked in one forward pass (SOP+'s weak‖strong): all must have the crop's side."""
+  cfg = default_config().data
+  cfg.update(image_size=24, crop="resized")
+  images = np.random.default_rng(0).integers(0, 255, size=(3, 32, 32, 3), dtype=np.uint8)
+  for name in ("image", "image2", "image_strong", "test"):
+    out = augment.make_view(name, cfg, (0.5, 0.5, 0.5))(images, augment.BatchRandom(np.random.default_rng(1),
+                                                                                  slice(0, 3), 3))
+    assert out.shape == (3, 24, 24, 3), name
 
 
 def test_eval_batches_pad_and_mask():
