@@ -102,13 +102,19 @@ def test_euclidean_metric_equals_the_reference(devices):
   np.testing.assert_array_equal(order, expected)
 
 
-def test_whole_pool_with_one_proposal_per_round_and_one_block():
-  embeddings, conf, labels = _data("clustered", n=40, seed=2)
+@pytest.mark.parametrize("max_proposals", [1, 64])
+def test_whole_pool_exhausting_classes_then_unconstrained(max_proposals):
+  """Classes run out and the schedule turns free (class_schedule's fallback) inside a round's window."""
+  embeddings, conf, _ = _data("clustered", n=40, seed=2)
+  labels = np.random.default_rng(3).permutation(np.repeat([0, 1, 2, 3], [2, 6, 12, 20]))
+  schedule = prune4rel.class_schedule(labels, 4, 40)
+  assert schedule[0] >= 0 and schedule[-1] == -1
   expected = reference_greedy(embeddings, conf, labels, 4, 40, eta=1.0, balance=True)
   order, counts = _jitted(embeddings, conf, labels, 4, 40, MESHES[8], eta=1.0, balance=True, block_size=4096,
-                          max_proposals=1)
+                          max_proposals=max_proposals)
   np.testing.assert_array_equal(order, expected)
-  assert counts == {"rounds": 40, "proposals": 40}
+  if max_proposals == 1:
+    assert counts == {"rounds": 40, "proposals": 40}
 
 
 def test_class_schedule_follows_the_original_round_robin_and_fallback():

@@ -10,7 +10,7 @@ round). Ties go to the lower index. With `balance`, step t draws from one noisy-
 
 The greedy runs on device as one jitted `while_loop` over rounds, with embeddings, NC and the selected mask
 sharded along the example axis. A round proposes the next few steps' picks at once (each step's best remaining
-example of its class, in step order), keeps the longest prefix in which no proposal's gain depends on an earlier
+example of its class, in step order, from one sort per round), keeps the longest prefix in which no proposal's gain depends on an earlier
 one's pick (gains only fall after a pick, so this prefix is exactly what the one-at-a-time greedy picks next, in
 the same order), and adds the kept picks to NC with one blocked [N, d]×[d, B] pass. The number of proposals per
 round adapts to how many the last round kept.
@@ -106,14 +106,6 @@ def build_greedy(mesh: jax.sharding.Mesh, metric: str, gain: str, tau: float, et
   def neighbours(a):  # conservative: includes pairs within NEIGHBOUR_MARGIN of the threshold
     return a > (tau if metric == "cossim" else 0.0) - NEIGHBOUR_MARGIN
 
-  def global_best(values, offset):
-    """(largest value, its global index; the lowest index on ties) of a sharded vector."""
-    local = jnp.argmax(values)
-    best = jax.lax.all_gather(values[local], parallel.DATA)
-    where = jax.lax.all_gather(local + offset, parallel.DATA)
-    device = jnp.argmax(best)  # devices hold consecutive index ranges, so the first maximum is the lowest index
-    return best[device], where[device]
-
   def gather(array, index, offset):
     """Rows `index` (global) of a sharded array, on every device."""
     n = array.shape[0]
@@ -131,15 +123,21 @@ def build_greedy(mesh: jax.sharding.Mesh, metric: str, gain: str, tau: float, et
     return jax.lax.sort((-values, where), num_keys=2)[1][:width]
 
   def propose_by_class(gains, labels, window, offset, width):
-    """Steps with class constraints: for each step in order, the best example of its class not proposed yet."""
-    def step(m, carry):
-      gains, picks = carry
-      allowed = (window[m] < 0) | (labels == window[m])
-      _, pick = global_best(jnp.where(allowed, gains, -jnp.inf), offset)
-      mine = jnp.where((pick >= offset) & (pick < offset + gains.shape[0]), pick - offset, gains.shape[0])
-      return gains.at[mine].set(-jnp.inf, mode="drop"), picks.at[m].set(pick)
-
-    return jax.lax.fori_loop(0, width, step, (gains, jnp.zeros(width, jnp.int32)))[1]
+    """Class-constrained steps: step m takes the r-th best remaining example of its class, r = how many earlier
+    steps of the window serve that class (the one-at-a-time "best not proposed yet", with one sort instead of
+    `width` argmaxes). Each device offers, for every step, its own r-th best of the step's class: together the
+    offers hold every class's global top r, and one sort of them ranks those (lowest index on ties)."""
+    n = gains.shape[0]
+    by_class, by_gain, by_index = jax.lax.sort((labels, -gains, jnp.arange(n)), num_keys=3)
+    steps = jnp.arange(width)
+    rank = jnp.sum((window[None, :] == window[:, None]) & (steps[None, :] < steps[:, None]), axis=1)
+    at = jnp.minimum(jnp.searchsorted(by_class, window) + rank, n - 1)
+    offered = by_class[at] == window  # else this device has fewer than r + 1 examples of the class
+    offers = (jnp.where(offered, by_gain[at], jnp.inf), by_index[at] + offset)
+    classes, _, where = jax.lax.sort((jax.lax.all_gather(window, parallel.DATA, tiled=True),
+                                      *(jax.lax.all_gather(x, parallel.DATA, tiled=True) for x in offers)),
+                                     num_keys=3)
+    return where[jnp.searchsorted(classes, window) + rank]
 
   def gains_of(nc, conf, embeddings, everything):
     if gain == "original":
@@ -175,11 +173,15 @@ def build_greedy(mesh: jax.sharding.Mesh, metric: str, gain: str, tau: float, et
       offset = jax.lax.axis_index(parallel.DATA) * nc.shape[0]
       gains = jnp.where(taken, -jnp.inf, gains_of(nc, conf, embeddings, everything))
       window = jax.lax.dynamic_slice_in_dim(schedule, t, width)
-      proposals = jax.lax.cond(jnp.all(window < 0), functools.partial(propose_any, width=width),
-                               functools.partial(propose_by_class, width=width), gains, labels, window, offset)
+      # The round covers the steps that are constrained like the first (class steps, or free ones) and proposes
+      # for those alone; a schedule turns free at most once (class_schedule), so this rarely shortens a round.
+      constrained = window >= 0
+      alike = jnp.where(jnp.all(constrained == constrained[0]), width, jnp.argmax(constrained != constrained[0]))
+      proposals = jax.lax.cond(constrained[0], functools.partial(propose_by_class, width=width),
+                               functools.partial(propose_any, width=width), gains, labels, window, offset)
       rows, proposal_conf = gather(embeddings, proposals, offset), gather(conf, proposals, offset)
       conflict = depends_on_earlier(rows, embeddings, valid)
-      kept = jnp.minimum(jnp.where(jnp.any(conflict), jnp.argmax(conflict), width), budget - t)
+      kept = jnp.minimum(jnp.where(jnp.any(conflict), jnp.argmax(conflict), width), jnp.minimum(alike, budget - t))
       accepted = jnp.arange(width) < kept
       added = proposal_conf * accepted
       nc = similarity.map_row_blocks(lambda r, n: n + weight(affinity(r, rows)) @ added, block, embeddings, nc)
