@@ -1,9 +1,15 @@
 import functools
+import multiprocessing
+import os
+import signal
+import time
 
 import numpy as np
+import pytest
 
 from prune4rel_jax.config import default_config
 from prune4rel_jax.data import augment, pipeline
+from prune4rel_jax.errors import UserError
 
 
 def _images(n=10, h=4):
@@ -54,6 +60,24 @@ def test_worker_processes_give_the_same_batches():
   in_process = _stream(np.arange(20), 3, 6, views=view)
   _assert_same_batches(in_process, _stream(np.arange(20), 3, 6, views=view,
                                            loading=pipeline.Loading(workers=2, read_threads=2)))
+
+
+def _slow_copy(images, rnd):
+  time.sleep(0.05)
+  return images
+
+
+def test_a_dead_worker_process_is_a_one_line_error():
+  others = {child.pid for child in multiprocessing.active_children()}
+  stream = pipeline.train_stream(_images(20), np.zeros(20, np.int64), np.arange(20), batch_size=4, seed=0,
+                                 views={"image": _slow_copy}, start_step=0, num_steps=200,
+                                 loading=pipeline.Loading(workers=2))
+  next(stream)
+  workers = [child.pid for child in multiprocessing.active_children() if child.pid not in others]
+  os.kill(workers[0], signal.SIGKILL)  # as the kernel's out-of-memory killer would
+  with pytest.raises(UserError, match="a data-loading worker process died .*lower loading.workers"):
+    for _ in stream:
+      pass
 
 
 def test_open_streams_continue_each_stream_across_epochs(monkeypatch):

@@ -15,6 +15,7 @@ from absl import flags
 
 from prune4rel_jax import parallel
 from prune4rel_jax.data.augment import BatchRandom
+from prune4rel_jax.errors import UserError
 
 # A view turns this process's uint8 images into one augmented copy (e.g. weak or strong) using `BatchRandom`.
 View = Callable[[np.ndarray, BatchRandom], np.ndarray]
@@ -39,11 +40,25 @@ class Loading:
   def iterate(self, dataset: grain.MapDataset) -> Iterator:
     iterable = dataset.to_iter_dataset(grain.ReadOptions(num_threads=self.read_threads,
                                                          prefetch_buffer_size=self.prefetch))
-    if self.workers:
-      if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; a library or notebook caller parses none
-        flags.FLAGS.mark_as_parsed()
-      iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.workers))
-    return iter(iterable)
+    if not self.workers:
+      return iter(iterable)
+    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; a library or notebook caller parses none
+      flags.FLAGS.mark_as_parsed()
+    return _worker_deaths_named(iter(iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.workers))))
+
+
+def _worker_deaths_named(batches: Iterator) -> Iterator:
+  """`batches`, with the death of a worker process (e.g. killed for memory) turned into a one-line error; closing
+  this closes grain's iterator, which stops the workers."""
+  try:
+    yield from batches
+  except RuntimeError as error:
+    if "terminated unexpectedly" not in str(error):
+      raise
+    raise UserError(f"a data-loading worker process died ({error}); lower loading.workers (0: no workers) and "
+                    f"rerun the same command to resume") from error
+  finally:
+    batches.close()
 
 
 def train_stream(images, labels: np.ndarray, indices: np.ndarray, *, batch_size: int, seed: int,
@@ -180,9 +195,7 @@ class _Stream:
       yield batch
 
   def close(self) -> None:
-    close = getattr(self.iterator, "close", None)  # grain iterators with worker processes hold them until closed
-    if close is not None:
-      close()
+    self.iterator.close()  # grain iterators with worker processes hold them until closed
 
 
 @dataclasses.dataclass(frozen=True)
