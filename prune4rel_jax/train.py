@@ -38,6 +38,7 @@ def train_learner(config, learner: Learner, state, dataset: Dataset, indices: np
                                 epoch, views, desc=f"{phase} epoch {epoch + 1}/{epochs}", phase=phase,
                                 streams=streams)
       state, metrics = learner.train_epoch(state, data, lr, key, on_step)
+      streams.finish_epoch()
       record = {"phase": phase, "epoch": epoch, "lr": lr, **metrics}
       if evaluate_test and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == epochs):
         record["test_accuracy"] = evaluate.accuracy(learner, state, dataset.test_images, dataset.test_labels,

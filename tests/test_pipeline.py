@@ -95,11 +95,17 @@ def test_open_streams_continue_each_stream_across_epochs(monkeypatch):
     return list(data.batches())
 
   with pipeline.OpenStreams(end_epoch=5) as streams:
-    taken = {(seed, e): epoch(streams, e, seed) for e in range(3) for seed in (0, 7)}  # interleaved, as DivideMix
-    assert built == [0, 0]
+    taken = {}
+    for e in range(3):
+      for seed in (0, 7):  # two streams read in turn, as DivideMix's networks
+        taken[seed, e] = epoch(streams, e, seed)
+      assert built == [0, 0]
+      streams.finish_epoch()
     taken[0, 4] = epoch(streams, 4)  # epoch 3 skipped: a new stream from epoch 4's first step
-    taken[0, 1] = epoch(streams, 1)  # epoch 1 again: likewise
-    assert built == [0, 0, 12, 3]
+    streams.finish_epoch()  # seed 7's stream was not read in epoch 4: closed
+    taken[0, 1] = epoch(streams, 1)  # epoch 1 again: a new stream
+    taken[7, 3] = epoch(streams, 3, seed=7)  # where seed 7's stream stood, but it was closed: a new stream
+    assert built == [0, 0, 12, 3, 9]
   for (seed, e), batches in taken.items():
     _assert_same_batches(_stream(indices, e * 3, 3, seed=seed, views=view), batches)
 

@@ -156,15 +156,18 @@ class OpenStreams:
   """The training streams of one phase, kept open from epoch to epoch: a stream is built once for all the phase's
   remaining steps and each epoch takes its steps from it, so grain's workers start once per phase, not once per
   epoch. Keyed by (seed, view names), as DivideMix's warm-up draws one stream per network. A context manager:
-  leaving it shuts the streams' worker processes down."""
+  leaving it shuts the streams' worker processes down; so does `finish_epoch` for streams the epoch did not read
+  (DivideMix's warm-up streams once it co-trains on streams of its own)."""
 
   def __init__(self, end_epoch: int, loading: Loading = Loading()):
     self.end_epoch, self.loading = end_epoch, loading
     self._open: dict[tuple, _Stream] = {}
+    self._read: set[tuple] = set()
 
   def take(self, data: "EpochData") -> Iterator[dict[str, np.ndarray]]:
     """`data`'s epoch of its stream: continues the open stream if it stands at this epoch's first step."""
     key, first = (data.seed, tuple(data.views)), data.epoch * data.steps
+    self._read.add(key)
     stream = self._open.get(key)
     if stream is None or stream.position != first:
       if stream is not None:
@@ -173,6 +176,11 @@ class OpenStreams:
           data.images, data.labels, data.indices, batch_size=data.batch_size, seed=data.seed, views=data.views,
           start_step=first, num_steps=(self.end_epoch - data.epoch) * data.steps, loading=self.loading), first)
     return stream.take(data.steps)
+
+  def finish_epoch(self) -> None:
+    for key in set(self._open) - self._read:
+      self._open.pop(key).close()
+    self._read.clear()
 
   def __enter__(self) -> "OpenStreams":
     return self
