@@ -5,8 +5,10 @@
       --noises sym:0.2,sym:0.4,asym:0.4
 
 Every cell is an ordinary run (`train.train_and_evaluate`) in `workdir/<noise>/<learner>/<method>/f<fraction>/s<seed>/`;
-cells whose `summary.json` exists are skipped, so an interrupted sweep picks up where it stopped. The results are
-gathered into `results.csv`, `results.md` (mean ± std over seeds) and one plot per noise setting and learner:
+cells whose `summary.json` exists are skipped, so an interrupted sweep picks up where it stopped. The results of
+every finished cell under `workdir` (this command's grid and any other sweep's into the same directory, so that
+sub-grids run one after another or side by side add up) are gathered into `results.csv`, `results.md` (mean ± std
+over seeds) and one plot per noise setting and learner:
 clean test accuracy vs fraction (one line per method) beside the noisy-label share of the selected subsets and the
 re-labeling accuracy on the whole training set (`evaluate.relabeling`). To add a summary field to cells that finished
 before it existed, delete their `summary.json`: the sweep resumes them from their last checkpoint, training nothing.
@@ -24,6 +26,7 @@ another worker is training waits for it.
 """
 
 import csv
+import glob
 import importlib.util
 import inspect
 import json
@@ -118,6 +121,22 @@ def finished(workdir: str) -> dict | None:
     return None
   with open(summary_path) as f:
     return json.load(f)
+
+
+def finished_cells(workdir: str) -> list[dict]:
+  """One row (`FIELDS`) per finished cell under `workdir`, whichever sweep ran it, in directory order."""
+  rows = []
+  for path in sorted(glob.glob(os.path.join(workdir, "*", "*", "*", "f*", "s*"))):  # the layout of `cell_dir`
+    summary = finished(path)
+    if summary is None:
+      continue
+    with open(os.path.join(path, "config.json")) as f:
+      config = json.load(f)
+    rows.append({"noise": f"{config['data']['noise_type']}:{config['data']['noise_rate']}",
+                 "learner": config["learner"]["name"], "method": config["selection"]["name"],
+                 "fraction": config["selection"]["fraction"], "seed": config["seed"],
+                 **{k: summary.get(k) for k in FIELDS[5:]}})  # get: cells run before a field existed
+  return rows
 
 
 CLAIM = "claimed_by_worker"
@@ -276,7 +295,6 @@ def main(argv):
   grid = list(cells(noises, _LEARNERS.value, _METHODS.value, fractions, seeds))
   dirs = [cell_dir(workdir, *cell) for cell in grid]
   warmup_cache = os.path.join(workdir, "warmups") if _SHARE_WARMUPS.value else None
-  rows = []
   try:
     bases = {learner: learner_config(learner) for learner in _LEARNERS.value}
     if _JOBS.value < 1:
@@ -288,16 +306,14 @@ def main(argv):
         load_dataset(data)
       run_workers(_JOBS.value, workdir, dirs)
     for i, ((noise, learner, method, fraction, seed), directory) in enumerate(zip(grid, dirs)):
-      summary = finished(directory)
-      if summary is None:
-        if _REPORT_ONLY.value or (_JOBS.value > 1 and not (_WORKER.value and claim(directory))):
-          continue  # unfinished, and not this process's to run
-        print(f"[sweep] cell {i + 1}/{len(grid)}: noise={noise} learner={learner} method={method} "
-              f"fraction={fraction:g} seed={seed}", flush=True)
-        summary = train_and_evaluate(cell_config(bases[learner], noise, learner, method, fraction, seed), directory,
-                                     warmup_cache=warmup_cache)
-      rows.append({"noise": noise, "learner": learner, "method": method, "fraction": fraction, "seed": seed,
-                   **{k: summary.get(k) for k in FIELDS[5:]}})  # get: cells run before a field existed
+      if _REPORT_ONLY.value or finished(directory) is not None:
+        continue
+      if _JOBS.value > 1 and not (_WORKER.value and claim(directory)):
+        continue  # another worker's cell
+      print(f"[sweep] cell {i + 1}/{len(grid)}: noise={noise} learner={learner} method={method} "
+            f"fraction={fraction:g} seed={seed}", flush=True)
+      train_and_evaluate(cell_config(bases[learner], noise, learner, method, fraction, seed), directory,
+                         warmup_cache=warmup_cache)
   except UserError as e:
     fail(str(e))
   except Preempted as e:
@@ -305,6 +321,7 @@ def main(argv):
     sys.exit(143)  # 128 + SIGTERM, as `prune4rel`
   if _WORKER.value:
     return
+  rows = finished_cells(workdir)
   if not rows:
     fail(f"no finished cell under {workdir}")
   os.makedirs(workdir, exist_ok=True)

@@ -51,10 +51,14 @@ def test_sweep_runs_a_grid_per_learner_and_skips_finished_cells(tmp_path):
   assert "uniform" in (tmp_path / "sweep" / "results.md").read_text()
   assert (tmp_path / "sweep" / "accuracy_sym0.4_ce.png").exists()
 
+  # The same grid again trains nothing; a sweep of part of it (one learner) still reports every finished cell.
   stamps = {learner: os.path.getmtime(cell / "summary.json") for learner, cell in cells.items()}
-  again = _sweep(config, tmp_path / "sweep")
-  assert again.returncode == 0, again.stderr[-3000:]
-  assert {learner: os.path.getmtime(cell / "summary.json") for learner, cell in cells.items()} == stamps
+  for learners in ("ce,sop_plus", "ce"):
+    again = _sweep(config, tmp_path / "sweep", "--learners", learners)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {learner: os.path.getmtime(cell / "summary.json") for learner, cell in cells.items()} == stamps
+    with open(tmp_path / "sweep" / "results.csv") as f:
+      assert list(csv.DictReader(f)) == rows
 
   # Two workers run the same grid: each cell exactly once, with the sequential sweep's results.
   parallel = _sweep(config, tmp_path / "parallel", "--jobs", "2")
@@ -65,8 +69,9 @@ def test_sweep_runs_a_grid_per_learner_and_skips_finished_cells(tmp_path):
     in_parallel = sorted((r["learner"], r["test_accuracy"]) for r in csv.DictReader(f))
   assert in_parallel == sorted((r["learner"], r["test_accuracy"]) for r in rows)
 
-  # A report of a larger grid while it is unfinished: only the finished cells, nothing run.
+  # A report while a larger grid is unfinished: only the finished cells, nothing run.
   (tmp_path / "sweep" / "results.csv").unlink()
+  (tmp_path / "sweep" / "sym0.4" / "ce" / "uniform" / "f0.5" / "s4").mkdir()  # a cell another sweep has begun
   report = _sweep(config, tmp_path / "sweep", "--report_only", "--seeds", "3,4")
   assert report.returncode == 0 and "[sweep] cell" not in report.stdout, report.stderr[-3000:]
   with open(tmp_path / "sweep" / "results.csv") as f:
