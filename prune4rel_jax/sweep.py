@@ -25,7 +25,6 @@ seed by seed, the largest fraction first, so that a sweep cut short holds whole 
 another worker is training waits for it.
 """
 
-import csv
 import glob
 import importlib.util
 import inspect
@@ -35,15 +34,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections import defaultdict
 
-import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
 from prune4rel_jax.checkpoint import Preempted
 from prune4rel_jax.cli import CONFIG, fail, parse_flags
 from prune4rel_jax.errors import UserError
+from prune4rel_jax.sweep_report import FIELDS, plot, write_tables
 from prune4rel_jax.train import train_and_evaluate
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "sweep directory", required=True)
@@ -60,11 +58,6 @@ _SHARE_WARMUPS = flags.DEFINE_bool("share_warmups", True, "cells that differ onl
                                    "share one warm-up (trained once, in WORKDIR/warmups)")
 _CACHE = flags.DEFINE_string("compilation_cache", None, "persistent XLA compilation cache shared by the cells "
                              "(default: WORKDIR/.jax_cache; '' disables it)")
-
-FIELDS = ("noise", "learner", "method", "fraction", "seed", "test_accuracy", "best_test_accuracy",
-          "noisy_share_of_subset", "relabel_accuracy", "relabel_accuracy_subset", "noisy_subset_corrected",
-          "subset_size", "selection_seconds", "train_seconds")
-
 
 def cells(noises, learners, methods, fractions, seeds):
   """The grid in running order: seed by seed (a sweep cut short holds whole seeds), largest fraction first (the
@@ -200,84 +193,6 @@ def run_workers(jobs: int, workdir: str, dirs: list[str]) -> None:
     for w in workers:
       w.kill()  # the others, still running (a no-op on those that ended)
     raise UserError(f"worker {failed[0]} failed: see {workdir}/worker{failed[0]}.log")
-
-
-def aggregate(rows: list[dict]) -> dict:
-  """(noise, learner, method, fraction) → mean/std over seeds of the test accuracy, the noisy-label share of the
-  subset and the re-labeling accuracy (the last two over the seeds that report them)."""
-  groups = defaultdict(list)
-  for r in rows:
-    groups[(r["noise"], r["learner"], r["method"], r["fraction"])].append(r)
-  out = {}
-  for key, group in groups.items():
-    acc = np.array([g["test_accuracy"] for g in group], float)
-    out[key] = {"acc_mean": acc.mean(), "acc_std": acc.std(), "n": len(group)}
-    for field in ("noisy_share_of_subset", "relabel_accuracy"):
-      known = np.array([g[field] for g in group if g[field] is not None], float)
-      mean, std = (known.mean(), known.std()) if len(known) else (float("nan"), float("nan"))
-      out[key][field] = {"mean": mean, "std": std, "n": len(known)}
-  return out
-
-
-def write_tables(rows: list[dict], workdir: str) -> None:
-  with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=FIELDS)
-    writer.writeheader()
-    writer.writerows({k: r[k] for k in FIELDS} for r in rows)
-  stats = aggregate(rows)
-  fractions = sorted({k[3] for k in stats})
-
-  def accuracy(s: dict) -> str:
-    return (f"{100 * s['acc_mean']:.1f} ± {100 * s['acc_std']:.1f} "
-            f"(noisy {100 * s['noisy_share_of_subset']['mean']:.0f}%, n={s['n']})")
-
-  def relabeling(s: dict) -> str:
-    r = s["relabel_accuracy"]
-    return "—" if not r["n"] else f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f} (n={r['n']})"
-
-  lines = []
-  for noise, learner in sorted({(k[0], k[1]) for k in stats}):
-    methods = sorted({k[2] for k in stats if k[:2] == (noise, learner)})
-    for title, cell in (("clean test accuracy", accuracy), ("re-labeling accuracy", relabeling)):
-      lines += [f"### noise {noise}, learner {learner}: {title}", "",
-                "| method | " + " | ".join(f"f={f:g}" for f in fractions) + " |",
-                "|---|" + "---|" * len(fractions)]
-      for method in methods:
-        found = [stats.get((noise, learner, method, fr)) for fr in fractions]
-        lines.append(f"| {method} | " + " | ".join("—" if s is None else cell(s) for s in found) + " |")
-      lines.append("")
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write("Mean ± std over seeds (%). Clean test accuracy, with the noisy-label share of the selected subset in "
-            "brackets; re-labeling accuracy: the share of the whole training set (pruned examples included) whose "
-            "clean label the trained network predicts, where the clean labels are known.\n\n" + "\n".join(lines))
-
-
-def plot(rows: list[dict], workdir: str) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  stats = aggregate(rows)
-  for noise, learner in sorted({(k[0], k[1]) for k in stats}):
-    fig, (ax_acc, ax_share, ax_relabel) = plt.subplots(1, 3, figsize=(15, 4))
-    for method in sorted({k[2] for k in stats if k[:2] == (noise, learner)}):
-      keys = sorted(k for k in stats if k[:3] == (noise, learner, method))
-      fr = [k[3] for k in keys]
-      mean = np.array([stats[k]["acc_mean"] for k in keys]) * 100
-      std = np.array([stats[k]["acc_std"] for k in keys]) * 100
-      ax_acc.errorbar(fr, mean, yerr=std, marker="o", capsize=3, label=method)
-      ax_share.plot(fr, [100 * stats[k]["noisy_share_of_subset"]["mean"] for k in keys], marker="o", label=method)
-      ax_relabel.plot(fr, [100 * stats[k]["relabel_accuracy"]["mean"] for k in keys], marker="o", label=method)
-    ax_acc.set(xlabel="selection fraction", ylabel="clean test accuracy (%)", title=f"{noise}, {learner}")
-    ax_share.set(xlabel="selection fraction", ylabel="noisy labels in subset (%)", title="noisy-label share")
-    ax_relabel.set(xlabel="selection fraction", ylabel="clean label predicted (%)",
-                   title="re-labeling accuracy, whole training set")
-    for ax in (ax_acc, ax_share, ax_relabel):
-      ax.grid(alpha=0.3)
-      ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(workdir, f"accuracy_{noise.replace(':', '')}_{learner}.png"), dpi=100)
-    plt.close(fig)
 
 
 def main(argv):

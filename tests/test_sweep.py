@@ -1,12 +1,14 @@
 """The sweep: a tiny grid from one command, with a config file that takes the learner as its argument (each learner
 gets its own settings, command-line overrides apply to all), its tables and plots, skipping finished cells, and
-parallel workers that give the sequential sweep's results."""
+parallel workers that give the sequential sweep's results; the report's tables on hand-made rows."""
 
 import csv
 import json
 import os
 import subprocess
 import sys
+
+from prune4rel_jax import sweep_report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -76,3 +78,23 @@ def test_sweep_runs_a_grid_per_learner_and_skips_finished_cells(tmp_path):
   assert report.returncode == 0 and "[sweep] cell" not in report.stdout, report.stderr[-3000:]
   with open(tmp_path / "sweep" / "results.csv") as f:
     assert sorted((r["learner"], r["seed"]) for r in csv.DictReader(f)) == [("ce", "3"), ("sop_plus", "3")]
+
+
+def _row(learner, method, fraction, seed, accuracy):
+  return {**dict.fromkeys(sweep_report.FIELDS), "noise": "sym:0.4", "learner": learner, "method": method,
+          "fraction": fraction, "seed": seed, "test_accuracy": accuracy, "noisy_share_of_subset": 0.4}
+
+
+def test_report_compares_prune4rel_with_the_best_other_method_paired_by_seed(tmp_path):
+  rows = [_row("ce", "prune4rel", 0.2, 0, 0.80), _row("ce", "prune4rel", 0.2, 1, 0.84),
+          _row("ce", "uniform", 0.2, 0, 0.78), _row("ce", "uniform", 0.2, 1, 0.85), _row("ce", "uniform", 0.2, 2, 0.90),
+          _row("ce", "small_loss", 0.2, 0, 0.81), _row("ce", "small_loss", 0.2, 1, 0.83),
+          _row("ce", "uniform", 0.4, 0, 0.88),  # no Prune4ReL at f=0.4: no row
+          _row("sop_plus", "uniform", 0.2, 0, 0.70)]  # no Prune4ReL for this learner: no table
+  sweep_report.write_tables(rows, str(tmp_path))
+  report = (tmp_path / "results.md").read_text()
+  # Best other at f=0.2: uniform (mean 84.3 > 82.0); paired over seeds 0 and 1: (+2, −1) → +0.5 ± 1.5.
+  assert "| f=0.2 | uniform | 82.0 | 84.3 | +0.5 ± 1.5 (n=2) |" in report
+  assert "f=0.4 | uniform" not in report
+  assert report.count("against the best other method") == 1
+  assert "| uniform | 84.3 ± 4.9 (noisy 40%, n=3) | 88.0 ± 0.0 (noisy 40%, n=1) |" in report

@@ -1,0 +1,119 @@
+"""The sweep's report, from one row (`FIELDS`) per finished cell: `results.csv`, `results.md` (mean ± std over
+seeds of the clean test accuracy with the subsets' noisy-label share, of the re-labeling accuracy, and Prune4ReL
+against the best other method, paired by seed) and one plot per noise setting and learner."""
+
+import csv
+import os
+from collections import defaultdict
+
+import numpy as np
+
+FIELDS = ("noise", "learner", "method", "fraction", "seed", "test_accuracy", "best_test_accuracy",
+          "noisy_share_of_subset", "relabel_accuracy", "relabel_accuracy_subset", "noisy_subset_corrected",
+          "subset_size", "selection_seconds", "train_seconds")
+
+
+def aggregate(rows: list[dict]) -> dict:
+  """(noise, learner, method, fraction) → mean/std over seeds of the test accuracy, the noisy-label share of the
+  subset and the re-labeling accuracy (the last two over the seeds that report them)."""
+  groups = defaultdict(list)
+  for r in rows:
+    groups[(r["noise"], r["learner"], r["method"], r["fraction"])].append(r)
+  out = {}
+  for key, group in groups.items():
+    acc = np.array([g["test_accuracy"] for g in group], float)
+    out[key] = {"acc_mean": acc.mean(), "acc_std": acc.std(), "n": len(group)}
+    for field in ("noisy_share_of_subset", "relabel_accuracy"):
+      known = np.array([g[field] for g in group if g[field] is not None], float)
+      mean, std = (known.mean(), known.std()) if len(known) else (float("nan"), float("nan"))
+      out[key][field] = {"mean": mean, "std": std, "n": len(known)}
+  return out
+
+
+def write_tables(rows: list[dict], workdir: str) -> None:
+  with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=FIELDS)
+    writer.writeheader()
+    writer.writerows({k: r[k] for k in FIELDS} for r in rows)
+  stats = aggregate(rows)
+  fractions = sorted({k[3] for k in stats})
+
+  def accuracy(s: dict) -> str:
+    return (f"{100 * s['acc_mean']:.1f} ± {100 * s['acc_std']:.1f} "
+            f"(noisy {100 * s['noisy_share_of_subset']['mean']:.0f}%, n={s['n']})")
+
+  def relabeling(s: dict) -> str:
+    r = s["relabel_accuracy"]
+    return "—" if not r["n"] else f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f} (n={r['n']})"
+
+  lines = []
+  for noise, learner in sorted({(k[0], k[1]) for k in stats}):
+    methods = sorted({k[2] for k in stats if k[:2] == (noise, learner)})
+    for title, cell in (("clean test accuracy", accuracy), ("re-labeling accuracy", relabeling)):
+      lines += [f"### noise {noise}, learner {learner}: {title}", "",
+                "| method | " + " | ".join(f"f={f:g}" for f in fractions) + " |",
+                "|---|" + "---|" * len(fractions)]
+      for method in methods:
+        found = [stats.get((noise, learner, method, fr)) for fr in fractions]
+        lines.append(f"| {method} | " + " | ".join("—" if s is None else cell(s) for s in found) + " |")
+      lines.append("")
+    lines += advantage_table(rows, stats, noise, learner, fractions)
+  with open(os.path.join(workdir, "results.md"), "w") as f:
+    f.write("Mean ± std over seeds (%). Clean test accuracy, with the noisy-label share of the selected subset in "
+            "brackets; re-labeling accuracy: the share of the whole training set (pruned examples included) whose "
+            "clean label the trained network predicts, where the clean labels are known.\n\n" + "\n".join(lines))
+
+
+def advantage_table(rows: list[dict], stats: dict, noise: str, learner: str, fractions: list[float],
+                    method: str = "prune4rel") -> list[str]:
+  """Markdown lines: `method` against the best other method (by mean test accuracy) at each fraction, and their
+  difference paired by seed (a seed fixes the noisy labels and the warm-up, so pairing removes their share of the
+  spread). Empty unless `method` and another method ran."""
+  accuracy = {(r["method"], r["fraction"], r["seed"]): r["test_accuracy"] for r in rows
+              if (r["noise"], r["learner"]) == (noise, learner)}
+  lines = []
+  for fraction in fractions:
+    ours = stats.get((noise, learner, method, fraction))
+    others = {k[2]: v for k, v in stats.items() if k[:2] == (noise, learner) and k[3] == fraction and k[2] != method}
+    if ours is None or not others:
+      continue
+    best = max(others, key=lambda m: others[m]["acc_mean"])
+    paired = np.array([accuracy[method, fraction, seed] - accuracy[best, fraction, seed]
+                       for (m, f, seed) in accuracy if (m, f) == (method, fraction)
+                       and (best, fraction, seed) in accuracy]) * 100
+    difference = "—" if not len(paired) else f"{paired.mean():+.1f} ± {paired.std():.1f} (n={len(paired)})"
+    lines.append(f"| f={fraction:g} | {best} | {100 * ours['acc_mean']:.1f} | {100 * others[best]['acc_mean']:.1f} "
+                 f"| {difference} |")
+  if not lines:
+    return []
+  return [f"### noise {noise}, learner {learner}: {method} against the best other method", "",
+          f"| fraction | best other method | {method} | best other | difference, paired by seed |",
+          "|---|---|---|---|---|", *lines, ""]
+
+
+def plot(rows: list[dict], workdir: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  stats = aggregate(rows)
+  for noise, learner in sorted({(k[0], k[1]) for k in stats}):
+    fig, (ax_acc, ax_share, ax_relabel) = plt.subplots(1, 3, figsize=(15, 4))
+    for method in sorted({k[2] for k in stats if k[:2] == (noise, learner)}):
+      keys = sorted(k for k in stats if k[:3] == (noise, learner, method))
+      fr = [k[3] for k in keys]
+      mean = np.array([stats[k]["acc_mean"] for k in keys]) * 100
+      std = np.array([stats[k]["acc_std"] for k in keys]) * 100
+      ax_acc.errorbar(fr, mean, yerr=std, marker="o", capsize=3, label=method)
+      ax_share.plot(fr, [100 * stats[k]["noisy_share_of_subset"]["mean"] for k in keys], marker="o", label=method)
+      ax_relabel.plot(fr, [100 * stats[k]["relabel_accuracy"]["mean"] for k in keys], marker="o", label=method)
+    ax_acc.set(xlabel="selection fraction", ylabel="clean test accuracy (%)", title=f"{noise}, {learner}")
+    ax_share.set(xlabel="selection fraction", ylabel="noisy labels in subset (%)", title="noisy-label share")
+    ax_relabel.set(xlabel="selection fraction", ylabel="clean label predicted (%)",
+                   title="re-labeling accuracy, whole training set")
+    for ax in (ax_acc, ax_share, ax_relabel):
+      ax.grid(alpha=0.3)
+      ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(workdir, f"accuracy_{noise.replace(':', '')}_{learner}.png"), dpi=100)
+    plt.close(fig)
