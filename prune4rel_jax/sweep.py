@@ -145,6 +145,14 @@ def claim(workdir: str) -> bool:
     return False
 
 
+def progress(start: float, done: int, total: int) -> str:
+  """The progress suffix " after m min, about n min to go": the time since `start`, and the time the rest takes at
+  the pace of the `done` cells."""
+  elapsed = time.perf_counter() - start
+  eta = f", about {elapsed / done * (total - done) / 60:.0f} min to go" if done else ""
+  return f" after {elapsed / 60:.1f} min{eta}"
+
+
 def run_workers(jobs: int, workdir: str, dirs: list[str]) -> None:
   """Start `jobs` copies of this command as workers, show progress until they end, stop them on SIGTERM."""
   for d in dirs:  # claims left by an earlier, killed sweep
@@ -180,9 +188,7 @@ def run_workers(jobs: int, workdir: str, dirs: list[str]) -> None:
         break
       done = sum(finished(d) is not None for d in pending)
       if done != shown:
-        elapsed = time.perf_counter() - start
-        eta = f", about {elapsed / done * (len(pending) - done) / 60:.0f} min to go" if done else ""
-        print(f"[sweep] {done}/{len(pending)} cells finished after {elapsed / 60:.1f} min{eta}", flush=True)
+        print(f"[sweep] {done}/{len(pending)} cells finished{progress(start, done, len(pending))}", flush=True)
         shown = done
       time.sleep(2)
     else:  # every worker has ended
@@ -220,15 +226,19 @@ def main(argv):
       for data in {base.data.to_json(): base.data for base in bases.values()}.values():
         load_dataset(data)
       run_workers(_JOBS.value, workdir, dirs)
+    pending, ran, start = sum(finished(d) is None for d in dirs), 0, time.perf_counter()
     for i, ((noise, learner, method, fraction, seed), directory) in enumerate(zip(grid, dirs)):
       if _REPORT_ONLY.value or finished(directory) is not None:
         continue
       if _JOBS.value > 1 and not (_WORKER.value and claim(directory)):
         continue  # another worker's cell
+      # A worker's share of the pending cells is unknown: the --jobs parent shows the progress instead.
+      shown = "" if _WORKER.value else f" ({ran} of {pending} to run done{progress(start, ran, pending)})"
       print(f"[sweep] cell {i + 1}/{len(grid)}: noise={noise} learner={learner} method={method} "
-            f"fraction={fraction:g} seed={seed}", flush=True)
+            f"fraction={fraction:g} seed={seed}{shown}", flush=True)
       train_and_evaluate(cell_config(bases[learner], noise, learner, method, fraction, seed), directory,
                          warmup_cache=warmup_cache)
+      ran += 1
   except UserError as e:
     fail(str(e))
   except Preempted as e:

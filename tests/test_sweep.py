@@ -40,6 +40,7 @@ def test_sweep_runs_a_grid_per_learner_and_skips_finished_cells(tmp_path):
   config.write_text(PER_LEARNER_CONFIG)
   out = _sweep(config, tmp_path / "sweep")
   assert out.returncode == 0, out.stderr[-3000:]
+  assert "(1 of 2 to run done after" in out.stdout and "min to go)" in out.stdout, out.stdout[-3000:]
   cells = {learner: tmp_path / "sweep" / "sym0.4" / learner / "uniform" / "f0.5" / "s3"
            for learner in ("ce", "sop_plus")}
   for learner, epochs in (("ce", 1), ("sop_plus", 2)):
