@@ -201,6 +201,21 @@ def run_workers(jobs: int, workdir: str, dirs: list[str]) -> None:
     raise UserError(f"worker {failed[0]} failed: see {workdir}/worker{failed[0]}.log")
 
 
+def run_cells(grid: list[tuple], dirs: list[str], bases: dict, warmup_cache: str | None) -> None:
+  """Run the unfinished cells of `grid` one after another; a --jobs worker runs only those it claims."""
+  pending, ran, start = sum(finished(d) is None for d in dirs), 0, time.perf_counter()
+  for i, ((noise, learner, method, fraction, seed), directory) in enumerate(zip(grid, dirs)):
+    if finished(directory) is not None or (_WORKER.value and not claim(directory)):
+      continue
+    # A worker's share of the pending cells is unknown: the --jobs parent shows the progress instead.
+    shown = "" if _WORKER.value else f" ({ran} of {pending} to run done{progress(start, ran, pending)})"
+    print(f"[sweep] cell {i + 1}/{len(grid)}: noise={noise} learner={learner} method={method} "
+          f"fraction={fraction:g} seed={seed}{shown}", flush=True)
+    train_and_evaluate(cell_config(bases[learner], noise, learner, method, fraction, seed), directory,
+                       warmup_cache=warmup_cache)
+    ran += 1
+
+
 def main(argv):
   del argv
   base = CONFIG.value
@@ -226,19 +241,8 @@ def main(argv):
       for data in {base.data.to_json(): base.data for base in bases.values()}.values():
         load_dataset(data)
       run_workers(_JOBS.value, workdir, dirs)
-    pending, ran, start = sum(finished(d) is None for d in dirs), 0, time.perf_counter()
-    for i, ((noise, learner, method, fraction, seed), directory) in enumerate(zip(grid, dirs)):
-      if _REPORT_ONLY.value or finished(directory) is not None:
-        continue
-      if _JOBS.value > 1 and not (_WORKER.value and claim(directory)):
-        continue  # another worker's cell
-      # A worker's share of the pending cells is unknown: the --jobs parent shows the progress instead.
-      shown = "" if _WORKER.value else f" ({ran} of {pending} to run done{progress(start, ran, pending)})"
-      print(f"[sweep] cell {i + 1}/{len(grid)}: noise={noise} learner={learner} method={method} "
-            f"fraction={fraction:g} seed={seed}{shown}", flush=True)
-      train_and_evaluate(cell_config(bases[learner], noise, learner, method, fraction, seed), directory,
-                         warmup_cache=warmup_cache)
-      ran += 1
+    elif not _REPORT_ONLY.value:
+      run_cells(grid, dirs, bases, warmup_cache)
   except UserError as e:
     fail(str(e))
   except Preempted as e:

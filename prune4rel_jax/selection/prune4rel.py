@@ -10,10 +10,10 @@ round). Ties go to the lower index. With `balance`, step t draws from one noisy-
 
 The greedy runs on device as one jitted `while_loop` over rounds, with embeddings, NC and the selected mask
 sharded along the example axis. A round proposes the next few steps' picks at once (each step's best remaining
-example of its class, in step order, from one sort per round), keeps the longest prefix in which no proposal's gain depends on an earlier
-one's pick (gains only fall after a pick, so this prefix is exactly what the one-at-a-time greedy picks next, in
-the same order), and adds the kept picks to NC with one blocked [N, d]×[d, B] pass. The number of proposals per
-round adapts to how many the last round kept.
+example of its class, in step order, from one sort per round), keeps the longest prefix in which no proposal's
+gain depends on an earlier one's pick (gains only fall after a pick, so this prefix is exactly what the
+one-at-a-time greedy picks next, in the same order), and adds the kept picks to NC with one blocked [N, d]×[d, B]
+pass. The number of proposals per round adapts to how many the last round kept.
 """
 
 import functools
