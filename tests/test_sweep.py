@@ -91,11 +91,13 @@ def test_report_compares_prune4rel_with_the_best_other_method_paired_by_seed(tmp
           _row("ce", "uniform", 0.2, 0, 0.78), _row("ce", "uniform", 0.2, 1, 0.85), _row("ce", "uniform", 0.2, 2, 0.90),
           _row("ce", "small_loss", 0.2, 0, 0.81), _row("ce", "small_loss", 0.2, 1, 0.83),
           _row("ce", "uniform", 0.4, 0, 0.88),  # no Prune4ReL at f=0.4: no row
+          _row("ce", "prune4rel", 0.6, 0, 0.8996), _row("ce", "uniform", 0.6, 0, 0.90),  # -0.04 prints as a tie
           _row("sop_plus", "uniform", 0.2, 0, 0.70)]  # no Prune4ReL for this learner: no table
   sweep_report.write_tables(rows, str(tmp_path))
   report = (tmp_path / "results.md").read_text()
   # Best other at f=0.2: uniform (mean 84.3 > 82.0); paired over seeds 0 and 1: (+2, −1) → +0.5 ± 1.5.
   assert "| f=0.2 | uniform | 82.0 | 84.3 | +0.5 ± 1.5 (n=2) |" in report
   assert "f=0.4 | uniform" not in report
+  assert "| f=0.6 | uniform | 90.0 | 90.0 | +0.0 ± 0.0 (n=1) |" in report
   assert report.count("against the best other method") == 1
   assert "| uniform | 84.3 ± 4.9 (noisy 40%, n=3) | 88.0 ± 0.0 (noisy 40%, n=1) |" in report
