@@ -203,17 +203,18 @@ def run_workers(jobs: int, workdir: str, dirs: list[str]) -> None:
 
 def run_cells(grid: list[tuple], dirs: list[str], bases: dict, warmup_cache: str | None) -> None:
   """Run the unfinished cells of `grid` one after another; a --jobs worker runs only those it claims."""
-  pending, ran, start = sum(finished(d) is None for d in dirs), 0, time.perf_counter()
-  for i, ((noise, learner, method, fraction, seed), directory) in enumerate(zip(grid, dirs)):
-    if finished(directory) is not None or (_WORKER.value and not claim(directory)):
+  # Read once: a cell another worker finishes later stays claimed by it, so `claim` skips it.
+  todo, start = [i for i, directory in enumerate(dirs) if finished(directory) is None], time.perf_counter()
+  for ran, i in enumerate(todo):
+    (noise, learner, method, fraction, seed), directory = grid[i], dirs[i]
+    if _WORKER.value and not claim(directory):
       continue
     # A worker's share of the pending cells is unknown: the --jobs parent shows the progress instead.
-    shown = "" if _WORKER.value else f" ({ran} of {pending} to run done{progress(start, ran, pending)})"
+    shown = "" if _WORKER.value else f" ({ran} of {len(todo)} to run done{progress(start, ran, len(todo))})"
     print(f"[sweep] cell {i + 1}/{len(grid)}: noise={noise} learner={learner} method={method} "
           f"fraction={fraction:g} seed={seed}{shown}", flush=True)
     train_and_evaluate(cell_config(bases[learner], noise, learner, method, fraction, seed), directory,
                        warmup_cache=warmup_cache)
-    ran += 1
 
 
 def main(argv):

@@ -81,8 +81,10 @@ def advantage_table(rows: list[dict], stats: dict, noise: str, learner: str, fra
     paired = np.array([accuracy[method, fraction, seed] - accuracy[best, fraction, seed]
                        for (m, f, seed) in accuracy if (m, f) == (method, fraction)
                        and (best, fraction, seed) in accuracy]) * 100
-    mean = round(float(paired.mean()), 1) + 0.0 if len(paired) else None  # + 0.0: a tie prints +0.0, not -0.0
-    difference = "—" if mean is None else f"{mean:+.1f} ± {paired.std():.1f} (n={len(paired)})"
+    difference = "—"
+    if len(paired):
+      mean = round(float(paired.mean()), 1) + 0.0  # + 0.0: a tie prints +0.0, not -0.0
+      difference = f"{mean:+.1f} ± {paired.std():.1f} (n={len(paired)})"
     lines.append(f"| f={fraction:g} | {best} | {100 * ours['acc_mean']:.1f} | {100 * others[best]['acc_mean']:.1f} "
                  f"| {difference} |")
   if not lines:
