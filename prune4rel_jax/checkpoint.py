@@ -38,6 +38,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from prune4rel_jax.errors import UserError
+from prune4rel_jax.learners import LEARNERS
 from prune4rel_jax.reporting import atomic_write
 from prune4rel_jax.selection import SelectionInputs
 
@@ -258,9 +259,13 @@ class WarmupCache:
 
 
 def warmup_identity(config) -> dict:
-  """What a warm-up network depends on: the whole config but the selection method (only its warm-up epochs count)
-  and the sections that do not change results."""
+  """What a warm-up network depends on: the whole config but the selection method (only its warm-up epochs count),
+  the other learners' sections, the hyperparameters of this learner that its warm-up does not read
+  (`Learner.warmup_hyperparameters`) and the sections that do not change results."""
   identity = _comparable(json.loads(config.to_json_best_effort()))
+  name = config.learner.name
+  section, read = identity["learner"][name], LEARNERS.get(name).warmup_hyperparameters
+  identity["learner"] = {"name": name, name: section if read is None else {k: section[k] for k in read}}
   identity["selection"] = {"warmup_epochs": config.selection.warmup_epochs}
   return identity
 

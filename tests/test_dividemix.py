@@ -5,6 +5,7 @@ import json
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from sklearn.cluster import KMeans
 from sklearn.mixture import GaussianMixture
@@ -223,3 +224,37 @@ def test_quickstart_with_dividemix_warms_up_divides_and_restores(tmp_path):
   assert prob.sharding.spec == parallel.example_sharded(mesh).spec
   n = summary["subset_size"]
   assert np.mean(np.asarray(prob)[:n] > 0.5) == pytest.approx(records[2]["labelled_net1"])  # net1 trained on it
+
+
+# Every DivideMix hyperparameter its selection warm-up does not read, each changed to another valid value.
+UNREAD_BY_THE_WARMUP = dict(warmup_epochs=3, p_threshold=0.7, temperature=0.8, alpha=0.5, lambda_u=5.0,
+                            rampup_epochs=4, gmm_reg_covar=1e-3, gmm_max_iter=5, gmm_tol=1e-3,
+                            mix_unlabelled="partners")
+
+
+def test_runs_that_differ_in_hyperparameters_the_warmup_does_not_read_share_one_warmup(tmp_path):
+  """`DivideMix.warmup_hyperparameters` is complete: with every other field changed, the warm-up network is
+  bit-identical, and the shared warm-up cache files both under one identity."""
+  learner = dividemix.DivideMix
+  assert set(UNREAD_BY_THE_WARMUP) == set(learner.defaults()) - set(learner.warmup_hyperparameters)
+  config = quickstart_config()
+  config.model.small_cnn.width = 8
+  config.epochs = 0  # the warm-up and the selection only
+  config.selection.name, config.selection.warmup_epochs = "small_loss", 1
+  config.learner.name = "dividemix"
+  changed = config.copy_and_resolve_references()
+  changed.learner.dividemix.update(UNREAD_BY_THE_WARMUP)
+
+  entries = []
+  for name, c in (("defaults", config), ("changed", changed)):
+    train.train_and_evaluate(c, str(tmp_path / name), warmup_cache=str(tmp_path / f"{name}_cache"))
+    (entry,) = (tmp_path / f"{name}_cache").iterdir()
+    entries.append(entry)
+  assert entries[0].name == entries[1].name
+  with ocp.StandardCheckpointer() as checkpointer:
+    networks = [checkpointer.restore(entry / "run0") for entry in entries]
+  assert jax.tree.structure(networks[0]) == jax.tree.structure(networks[1])
+  for a, b in zip(jax.tree.leaves(networks[0]), jax.tree.leaves(networks[1])):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(np.load(tmp_path / "defaults" / "selected_indices.npy"),
+                                np.load(tmp_path / "changed" / "selected_indices.npy"))

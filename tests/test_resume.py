@@ -239,6 +239,23 @@ def test_runs_sharing_a_warmup_cache_end_as_runs_that_train_their_own(uninterrup
   _assert_identical(_results(tmp_path / "shared"), _results(tmp_path / "own"))
 
 
+@pytest.mark.parametrize("learner, same, different", [
+    ("ce", {"learner.sop_plus.lr_u": 1.0, "selection.fraction": 0.9, "selection.name": "uniform"},
+     {"optim.lr": 0.1, "selection.warmup_epochs": 2}),
+    ("sop_plus", {"learner.dividemix.alpha": 0.5}, {"learner.sop_plus.lr_u": 1.0}),
+    ("dividemix", {"learner.dividemix.alpha": 0.5, "learner.sop_plus.lr_v": 1.0},
+     {"learner.dividemix.confidence_penalty": True}),
+])
+def test_a_warmup_is_keyed_by_what_it_reads(learner, same, different):
+  """Runs share a warm-up across fields it does not read (other learners' sections, the selection, the
+  hyperparameters outside `Learner.warmup_hyperparameters`), and never across one it reads."""
+  def identity(overrides):
+    return checkpoint.warmup_identity(_config({**OVERRIDES, "learner.name": learner, **overrides}))
+  assert identity(same) == identity({})
+  for field, value in different.items():
+    assert identity({field: value}) != identity({}), field
+
+
 def test_a_warmup_lock_is_waited_for_while_its_holder_lives(tmp_path, monkeypatch):
   monkeypatch.setattr(checkpoint.WarmupCache, "POLL_SECONDS", 0.05)
   cache = checkpoint.WarmupCache(str(tmp_path), _config())

@@ -38,6 +38,10 @@ class Learner:
   name: ClassVar[str]
   # The augmented copies of each image a training batch carries, keyed as in the batch dict.
   views: ClassVar[tuple[str, ...]] = ("image",)
+  # The fields of this learner's config section that its selection warm-up (epochs of phase "warmup") reads; None:
+  # all of them. Shared warm-ups are keyed by these only (`checkpoint.warmup_identity`), so cells that differ in
+  # another field restore one warm-up instead of training the same network again.
+  warmup_hyperparameters: ClassVar[tuple[str, ...] | None] = None
 
   def __init__(self, config: ml_collections.ConfigDict, model: nn.Module, num_classes: int,
                mesh: jax.sharding.Mesh):

@@ -103,6 +103,8 @@ def negative_entropy(logits: jax.Array) -> jax.Array:
 class DivideMix(Learner):
   name = "dividemix"
   views = ("image", "image2")  # two independent weak views of every labelled and unlabelled image
+  # A "warmup" phase epoch is always `_warm_up_epoch`; `loss_history` shapes the state a warm-up network is stored in.
+  warmup_hyperparameters = ("confidence_penalty", "loss_history")
 
   @classmethod
   def defaults(cls) -> ml_collections.ConfigDict:
