@@ -197,12 +197,18 @@ def test_bad_hyperparameters_name_the_field(field, value):
     LEARNERS.get("dividemix")(config, None, 10, parallel.make_mesh())
 
 
-def test_quickstart_with_dividemix_warms_up_divides_and_restores(tmp_path):
+def _quickstart_config(epochs: int):
+  """The quickstart with DivideMix, shortened: one warm-up epoch, then SmallLoss scores the warmed-up DivideMix."""
   config = quickstart_config()
   config.model.small_cnn.width = 8
-  config.epochs = 2
-  config.selection.name, config.selection.warmup_epochs = "small_loss", 1  # scores the warmed-up DivideMix
+  config.epochs = epochs
+  config.selection.name, config.selection.warmup_epochs = "small_loss", 1
   config.learner.name = "dividemix"
+  return config
+
+
+def test_quickstart_with_dividemix_warms_up_divides_and_restores(tmp_path):
+  config = _quickstart_config(epochs=2)
   config.learner.dividemix.warmup_epochs = 1
   summary = train.train_and_evaluate(config, str(tmp_path))
   assert 0.0 <= summary["test_accuracy"] <= 1.0
@@ -237,11 +243,7 @@ def test_runs_that_differ_in_hyperparameters_the_warmup_does_not_read_share_one_
   bit-identical, and the shared warm-up cache files both under one identity."""
   learner = dividemix.DivideMix
   assert set(UNREAD_BY_THE_WARMUP) == set(learner.defaults()) - set(learner.warmup_hyperparameters)
-  config = quickstart_config()
-  config.model.small_cnn.width = 8
-  config.epochs = 0  # the warm-up and the selection only
-  config.selection.name, config.selection.warmup_epochs = "small_loss", 1
-  config.learner.name = "dividemix"
+  config = _quickstart_config(epochs=0)  # the warm-up and the selection only
   changed = config.copy_and_resolve_references()
   changed.learner.dividemix.update(UNREAD_BY_THE_WARMUP)
 
