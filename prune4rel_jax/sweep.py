@@ -107,22 +107,19 @@ def cell_config(base, noise: str, learner: str, method: str, fraction: float, se
   return config
 
 
-def finished(workdir: str) -> dict | None:
-  """A cell's summary, or None while it has not finished."""
-  summary_path = os.path.join(workdir, "summary.json")
-  if not os.path.exists(summary_path):
-    return None
-  with open(summary_path) as f:
-    return json.load(f)
+def finished(workdir: str) -> bool:
+  """Whether a cell has finished: training writes its `summary.json` last, atomically."""
+  return os.path.exists(os.path.join(workdir, "summary.json"))
 
 
 def finished_cells(workdir: str) -> list[dict]:
   """One row (`FIELDS`) per finished cell under `workdir`, whichever sweep ran it, in directory order."""
   rows = []
   for path in sorted(glob.glob(os.path.join(workdir, "*", "*", "*", "f*", "s*"))):  # the layout of `cell_dir`
-    summary = finished(path)
-    if summary is None:
+    if not finished(path):
       continue
+    with open(os.path.join(path, "summary.json")) as f:
+      summary = json.load(f)
     with open(os.path.join(path, "config.json")) as f:
       config = json.load(f)
     rows.append({"noise": f"{config['data']['noise_type']}:{config['data']['noise_rate']}",
@@ -158,7 +155,7 @@ def run_workers(jobs: int, workdir: str, dirs: list[str]) -> None:
   for d in dirs:  # claims left by an earlier, killed sweep
     if os.path.exists(os.path.join(d, CLAIM)):
       os.remove(os.path.join(d, CLAIM))
-  pending = [d for d in dirs if finished(d) is None]
+  pending = [d for d in dirs if not finished(d)]
   # Each worker allocates accelerator memory as it needs it instead of taking most of it up front.
   env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", **os.environ}
   os.makedirs(workdir, exist_ok=True)
@@ -186,7 +183,7 @@ def run_workers(jobs: int, workdir: str, dirs: list[str]) -> None:
       failed = [k for k, w in enumerate(workers) if w.poll() not in (None, 0)]
       if failed:
         break
-      done = sum(finished(d) is not None for d in pending)
+      done = sum(map(finished, pending))
       if done != shown:
         print(f"[sweep] {done}/{len(pending)} cells finished{progress(start, done, len(pending))}", flush=True)
         shown = done
@@ -204,7 +201,7 @@ def run_workers(jobs: int, workdir: str, dirs: list[str]) -> None:
 def run_cells(grid: list[tuple], dirs: list[str], bases: dict, warmup_cache: str | None) -> None:
   """Run the unfinished cells of `grid` one after another; a --jobs worker runs only those it claims."""
   # Read once: a cell another worker finishes later stays claimed by it, so `claim` skips it.
-  todo, start = [i for i, directory in enumerate(dirs) if finished(directory) is None], time.perf_counter()
+  todo, start = [i for i, directory in enumerate(dirs) if not finished(directory)], time.perf_counter()
   for ran, i in enumerate(todo):
     (noise, learner, method, fraction, seed), directory = grid[i], dirs[i]
     if _WORKER.value and not claim(directory):
