@@ -6,6 +6,8 @@ from prune4rel_jax.learners.dividemix import DivideMix
 from prune4rel_jax.learners.sop import SOPPlus
 from prune4rel_jax.registry import Registry
 
+__all__ = ["LEARNERS", "Learner", "TrainState"]
+
 LEARNERS = Registry("learner")
 for _learner in (CrossEntropy, DivideMix, SOPPlus):
   LEARNERS.register(_learner.name)(_learner)

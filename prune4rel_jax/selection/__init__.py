@@ -12,6 +12,8 @@ from prune4rel_jax.selection.scoring import EL2N, Forgetting, GraNd, Moderate, S
 from prune4rel_jax.selection.submodular import Craig, Submodular
 from prune4rel_jax.selection.uniform import Uniform
 
+__all__ = ["METHODS", "Method", "SelectionInputs", "budget_for"]
+
 METHODS = Registry("selection method")
 for _method in (Uniform, SmallLoss, Uncertainty, Forgetting, GraNd, EL2N, Moderate, KCenterGreedy, Herding,
                 ContextualDiversity, Cal, Glister, Craig, GradMatch, Submodular, DeepFool, Prune4ReL):
