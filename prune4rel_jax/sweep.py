@@ -7,8 +7,9 @@
 Every cell is an ordinary run (`train.train_and_evaluate`) in `workdir/<noise>/<learner>/<method>/f<fraction>/s<seed>/`;
 cells whose `summary.json` exists are skipped, so an interrupted sweep picks up where it stopped. The results of
 every finished cell under `workdir` (this command's grid and any other sweep's into the same directory, so that
-sub-grids run one after another or side by side add up) are gathered into `results.csv`, `results.md` (mean ± std
-over seeds) and one plot per noise setting and learner:
+sub-grids run one after another or side by side add up), together with the rows already in its `results.csv` for
+cells whose directories are not here (a fresh clone of committed results), are gathered into `results.csv`,
+`results.md` (mean ± std over seeds) and one plot per noise setting and learner:
 clean test accuracy vs fraction (one line per method) beside the noisy-label share of the selected subsets and the
 re-labeling accuracy on the whole training set (`evaluate.relabeling`). To add a summary field to cells that finished
 before it existed, delete their `summary.json`: the sweep resumes them from their last checkpoint, training nothing.
@@ -41,7 +42,7 @@ from ml_collections import config_flags
 from prune4rel_jax.checkpoint import Preempted
 from prune4rel_jax.cli import CONFIG, fail, parse_flags
 from prune4rel_jax.errors import UserError
-from prune4rel_jax.sweep_report import FIELDS, plot, write_tables
+from prune4rel_jax.sweep_report import FIELDS, plot, read_table, write_tables
 from prune4rel_jax.train import train_and_evaluate
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "sweep directory", required=True)
@@ -127,6 +128,19 @@ def finished_cells(workdir: str) -> list[dict]:
                  "fraction": config["selection"]["fraction"], "seed": config["seed"],
                  **{k: summary.get(k) for k in FIELDS[5:]}})  # get: cells run before a field existed
   return rows
+
+
+def report_rows(workdir: str) -> list[dict]:
+  """The finished cells under `workdir`, and the rows of its `results.csv` for cells not finished there. Cell
+  directories (checkpoints) stay on the machine that ran them while the table is committed, so a fresh clone that
+  runs one more cell adds it to the table instead of replacing the table with it. A row leaves the table only when
+  deleted from the CSV."""
+  def key(row):
+    return tuple(row[k] for k in FIELDS[:5])  # noise, learner, method, fraction, seed
+
+  rows = {key(r): r for r in read_table(workdir)}
+  rows.update((key(r), r) for r in finished_cells(workdir))
+  return sorted(rows.values(), key=key)
 
 
 CLAIM = "claimed_by_worker"
@@ -248,7 +262,7 @@ def main(argv):
     sys.exit(143)  # 128 + SIGTERM, as `prune4rel`
   if _WORKER.value:
     return
-  rows = finished_cells(workdir)
+  rows = report_rows(workdir)
   if not rows:
     fail(f"no finished cell under {workdir}")
   os.makedirs(workdir, exist_ok=True)

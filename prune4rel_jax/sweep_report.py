@@ -13,6 +13,25 @@ FIELDS = ("noise", "learner", "method", "fraction", "seed", "test_accuracy", "be
           "subset_size", "selection_seconds", "train_seconds")
 
 
+def read_table(workdir: str) -> list[dict]:
+  """The rows of `workdir/results.csv` (none if there is none), typed as `write_tables` was given them."""
+  path = os.path.join(workdir, "results.csv")
+  if not os.path.exists(path):
+    return []
+
+  def value(text: str | None):
+    if not text:
+      return None  # a field the cell did not report, or a column added after the table was written
+    try:
+      return int(text)
+    except ValueError:
+      return float(text)
+
+  with open(path, newline="") as f:
+    return [{**{k: r[k] for k in FIELDS[:3]}, **{k: value(r.get(k)) for k in FIELDS[3:]}}
+            for r in csv.DictReader(f)]
+
+
 def aggregate(rows: list[dict]) -> dict:
   """(noise, learner, method, fraction) → mean/std over seeds of the test accuracy, the noisy-label share of the
   subset and the re-labeling accuracy (the last two over the seeds that report them)."""

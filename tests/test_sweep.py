@@ -1,6 +1,7 @@
 """The sweep: a tiny grid from one command, with a config file that takes the learner as its argument (each learner
 gets its own settings, command-line overrides apply to all), its tables and plots, skipping finished cells, and
-parallel workers that give the sequential sweep's results; the report's tables on hand-made rows."""
+parallel workers that give the sequential sweep's results, keeping committed rows whose cells are not here; the
+report's tables on hand-made rows."""
 
 import csv
 import json
@@ -63,6 +64,15 @@ def test_sweep_runs_a_grid_per_learner_and_skips_finished_cells(tmp_path):
     with open(tmp_path / "sweep" / "results.csv") as f:
       assert list(csv.DictReader(f)) == rows
 
+  # Cell directories stay on the machine that ran them while the table is committed: a clone with the table but
+  # without a cell's directory keeps that cell's row.
+  os.rename(cells["ce"], tmp_path / "ce_cell")
+  clone = _sweep(config, tmp_path / "sweep", "--report_only")
+  assert clone.returncode == 0, clone.stderr[-3000:]
+  with open(tmp_path / "sweep" / "results.csv") as f:
+    assert list(csv.DictReader(f)) == rows
+  os.rename(tmp_path / "ce_cell", cells["ce"])
+
   # Two workers run the same grid: each cell exactly once, with the sequential sweep's results.
   parallel = _sweep(config, tmp_path / "parallel", "--jobs", "2")
   assert parallel.returncode == 0, parallel.stderr[-3000:]
@@ -94,6 +104,7 @@ def test_report_compares_prune4rel_with_the_best_other_method_paired_by_seed(tmp
           _row("ce", "prune4rel", 0.6, 0, 0.8996), _row("ce", "uniform", 0.6, 0, 0.90),  # -0.04 prints as a tie
           _row("sop_plus", "uniform", 0.2, 0, 0.70)]  # no Prune4ReL for this learner: no table
   sweep_report.write_tables(rows, str(tmp_path))
+  assert sweep_report.read_table(str(tmp_path)) == rows  # types and unreported (None) fields survive the CSV
   report = (tmp_path / "results.md").read_text()
   # Best other at f=0.2: uniform (mean 84.3 > 82.0); paired over seeds 0 and 1: (+2, −1) → +0.5 ± 1.5.
   assert "| f=0.2 | uniform | 82.0 | 84.3 | +0.5 ± 1.5 (n=2) |" in report
