@@ -156,16 +156,25 @@ class Checkpoints:
         self._set_aside(step)
     return None
 
-  def _restore(self, step: int, fresh_state: Callable[[int], Any]) -> Snapshot:
+  def restore_inputs(self) -> SelectionInputs | None:
+    """The warm-up's `SelectionInputs` from the newest checkpoint, without the network (None if there is none):
+    what `prune4rel-select` re-selects from."""
+    steps = self.manager.all_steps()
+    return self._restore_arrays(max(steps))[0] if steps else None
+
+  def _restore_arrays(self, step: int) -> tuple[SelectionInputs, dict, dict]:
     restored = self.manager.restore(step, args=ocp.args.Composite(
         arrays=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
     arrays = {k: np.asarray(v) for k, v in restored.arrays.items()}
-    meta = restored.meta
+    inputs = SelectionInputs(num_classes=restored.meta["num_classes"],
+                             **{k.removeprefix("inputs."): v for k, v in arrays.items() if k.startswith("inputs.")})
+    return inputs, arrays, restored.meta
+
+  def _restore(self, step: int, fresh_state: Callable[[int], Any]) -> Snapshot:
+    inputs, arrays, meta = self._restore_arrays(step)
     target = _abstract(fresh_state(len(arrays["selected"])))
     _check_structure(self.manager, step, target)
     state = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
-    inputs = SelectionInputs(num_classes=meta["num_classes"],
-                             **{k.removeprefix("inputs."): v for k, v in arrays.items() if k.startswith("inputs.")})
     return Snapshot(epoch=meta["epoch"], state=state, selected=arrays["selected"], inputs=inputs,
                     key=jax.random.wrap_key_data(arrays["key"]), meta=meta)
 

@@ -3,11 +3,9 @@
   python -m prune4rel_jax.crosscheck --export DIR --config configs/cifar10n.py:sop_plus \\
       [--config.selection.fraction=0.2 --config.selection.prune4rel.tau=0.975 ...] [--report report.json]
 
-`DIR` holds what the original's selection saw and chose, as `.npy` files:
-  probs.npy       [N, C] softmax outputs of the warmed-up network (the original's `get_prob_embedding`; fp16 is fine)
-  embeddings.npy  [N, d] penultimate embeddings from the same pass
-  labels.npy      [N]    the noisy training labels (`loader.train_dataset.targets`)
-  selected.npy    [k]    the original's selected indices; in pick order if you recorded it, else any order
+`DIR` holds what the original's selection saw and chose (`exports`: probs.npy from its `get_prob_embedding`,
+embeddings.npy, labels.npy from `loader.train_dataset.targets`, and selected.npy, its selected indices; in pick
+order if you recorded it, else any order).
 To export them from kaist-dmlab/Prune4Rel, save those four arrays with `np.save` inside its Prune4Rel `select()`
 (after the probabilities and embeddings are computed, and on the returned indices). Our method, fraction, balance
 and options come from the config (`selection.*`), so the same flags as a training run apply.
@@ -17,49 +15,17 @@ and, when `selected.npy` is in pick order, the first position where the two orde
 """
 
 import json
-import os
 
 import numpy as np
 from absl import app, flags
 
+from prune4rel_jax import exports
 from prune4rel_jax.cli import CONFIG, fail, parse_flags
 from prune4rel_jax.errors import UserError
 
 _EXPORT = flags.DEFINE_string("export", None, "directory with probs.npy, embeddings.npy, labels.npy, selected.npy",
                               required=True)
 _REPORT = flags.DEFINE_string("report", None, "also write the report to this JSON file")
-
-FILES = ("probs", "embeddings", "labels", "selected")
-
-
-def load_export(directory: str) -> dict[str, np.ndarray]:
-  """The exported arrays, checked for consistent shapes."""
-  if not os.path.isdir(directory):
-    raise UserError(f"--export={directory!r} is not a directory; expected one holding {', '.join(FILES)} (.npy)")
-  arrays = {}
-  for name in FILES:
-    path = os.path.join(directory, f"{name}.npy")
-    if not os.path.isfile(path):
-      raise UserError(f"{path} does not exist; the export needs {', '.join(f + '.npy' for f in FILES)}")
-    arrays[name] = np.load(path)
-  n = len(arrays["labels"])
-  if arrays["probs"].ndim != 2 or len(arrays["probs"]) != n or len(arrays["embeddings"]) != n:
-    raise UserError(f"{directory}: probs {arrays['probs'].shape} and embeddings {arrays['embeddings'].shape} must "
-                    f"have one row per label ({n})")
-  selected = arrays["selected"]
-  if selected.ndim != 1 or len(np.unique(selected)) != len(selected) or selected.min() < 0 or selected.max() >= n:
-    raise UserError(f"{directory}/selected.npy must hold distinct indices in [0, {n})")
-  return arrays
-
-
-def inputs_from_export(arrays: dict[str, np.ndarray]):
-  """`SelectionInputs` from exported probabilities: log-probabilities are logits with the same softmax."""
-  from prune4rel_jax.selection import SelectionInputs
-  probs = np.asarray(arrays["probs"], np.float32)
-  logits = np.log(np.maximum(probs, np.finfo(np.float32).tiny))
-  labels = np.asarray(arrays["labels"], np.int64)
-  return SelectionInputs(labels=labels, num_classes=probs.shape[1], logits=logits,
-                         features=np.asarray(arrays["embeddings"], np.float32))
 
 
 def compare(ours: np.ndarray, theirs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
@@ -82,8 +48,8 @@ def compare(ours: np.ndarray, theirs: np.ndarray, labels: np.ndarray, num_classe
 def crosscheck(config, directory: str) -> dict:
   from prune4rel_jax import parallel
   from prune4rel_jax.selection import METHODS, budget_for
-  arrays = load_export(directory)
-  inputs = inputs_from_export(arrays)
+  arrays = exports.load(directory, also_required=("selected",))
+  inputs = exports.selection_inputs(arrays)
   method = METHODS.get(config.selection.name)(config.selection, parallel.make_mesh(), config.seed)
   missing = method.needs - {"logits", "features"}
   if missing:

@@ -4,7 +4,8 @@ Layout of `workdir/`:
   config.json            the resolved configuration
   metrics.jsonl          one JSON object per epoch ({"phase": "warmup"|"train", "epoch", "lr", "loss", ...})
   selected_indices.npy   the selected training indices, in selection order
-  summary.json           test accuracy, subset size, noisy share of the subset, timings
+  summary.json           test accuracy, subset size, noisy share of the subset, selection diagnostics, timings
+  selection.png          how the selection went, where the method reports it (Prune4ReL's diagnostics)
   curves.png             loss and accuracy per epoch
 Only process 0 writes.
 """
@@ -48,6 +49,17 @@ class RunWriter:
     if self.enabled:
       with atomic_write(self.path("selected_indices.npy"), "wb") as f:
         np.save(f, np.asarray(indices, np.int64))
+
+  def selection_report(self, report) -> dict | None:
+    """Print a selection method's report (its line and any warning), plot it; its JSON summary, or None."""
+    if report is None:
+      return None
+    if self.enabled:
+      print(report.line(), flush=True)
+      if report.warning():
+        print(report.warning(), flush=True)
+      report.plot(self.path("selection.png"))
+    return report.summary
 
   def finish(self, summary: dict) -> None:
     """Written last and atomically: a `summary.json` on disk is always a complete result."""

@@ -26,6 +26,8 @@ seed by seed, the largest fraction first, so that a sweep cut short holds whole 
 another worker is training waits for it.
 """
 
+import ast
+import contextlib
 import glob
 import importlib.util
 import inspect
@@ -36,17 +38,20 @@ import subprocess
 import sys
 import time
 
+import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
 from prune4rel_jax.checkpoint import Preempted
 from prune4rel_jax.cli import CONFIG, fail, parse_flags
 from prune4rel_jax.errors import UserError
+from prune4rel_jax.selection import METHODS
 from prune4rel_jax.sweep_report import FIELDS, plot, read_table, write_tables
 from prune4rel_jax.train import train_and_evaluate
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "sweep directory", required=True)
-_METHODS = flags.DEFINE_list("methods", ["uniform"], "selection methods")
+_METHODS = flags.DEFINE_list("methods", ["uniform"], "selection methods, each optionally with settings of its own: "
+                             "name+field=value+... (e.g. small_loss+balance=False, prune4rel+tau=auto)")
 _LEARNERS = flags.DEFINE_list("learners", ["ce"], "learners")
 _FRACTIONS = flags.DEFINE_list("fractions", ["0.2", "0.4", "0.6", "0.8"], "selection fractions")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "seeds (model, data order and label noise)")
@@ -98,11 +103,38 @@ def learner_config(learner: str):
   return config
 
 
+def method_variant(selection, spec: str) -> None:
+  """Apply a `--methods` entry to `config.selection`: a method name, optionally with settings of its own,
+  `name+field=value+...`, where a field is one of `config.selection` (balance) or of the method's section
+  (`prune4rel+tau=auto`, `small_loss+balance=False`). Values are Python literals, else strings."""
+  name, *settings = spec.split("+")
+  selection.name = name
+  for setting in settings:
+    field, _, text = setting.partition("=")
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text
+    section = selection if field in selection and not isinstance(selection[field], ml_collections.ConfigDict) \
+        else selection.get(name)
+    if not text or section is None or field not in section:
+      raise UserError(f"--methods entry {spec!r}: {setting!r} is not field=value of selection or selection.{name}")
+    # A field that takes a number or a word (prune4rel's tau=auto) is typed by its value once the base config's
+    # references are resolved: its declared type is in the method's defaults.
+    loose = section is not selection and METHODS.get(name).defaults().get_type(field) is object
+    try:
+      with section.ignore_type() if loose else contextlib.nullcontext():
+        section[field] = value
+    except TypeError as e:
+      raise UserError(f"--methods entry {spec!r}: {' '.join(str(e).split())}") from None
+
+
 def cell_config(base, noise: str, learner: str, method: str, fraction: float, seed: int):
   config = base.copy_and_resolve_references()
   config.data.noise_type, rate = noise.split(":")
   config.data.noise_rate = float(rate)
-  config.learner.name, config.selection.name = learner, method  # `base` is `learner_config(learner)`
+  config.learner.name = learner  # `base` is `learner_config(learner)`
+  method_variant(config.selection, method)
   config.selection.fraction = fraction
   config.seed = config.data.noise_seed = seed
   return config
@@ -124,7 +156,7 @@ def finished_cells(workdir: str) -> list[dict]:
     with open(os.path.join(path, "config.json")) as f:
       config = json.load(f)
     rows.append({"noise": f"{config['data']['noise_type']}:{config['data']['noise_rate']}",
-                 "learner": config["learner"]["name"], "method": config["selection"]["name"],
+                 "learner": config["learner"]["name"], "method": path.split(os.sep)[-3],  # with its variant
                  "fraction": config["selection"]["fraction"], "seed": config["seed"],
                  **{k: summary.get(k) for k in FIELDS[5:]}})  # get: cells run before a field existed
   return rows
@@ -245,6 +277,8 @@ def main(argv):
   warmup_cache = os.path.join(workdir, "warmups") if _SHARE_WARMUPS.value else None
   try:
     bases = {learner: learner_config(learner) for learner in _LEARNERS.value}
+    for cell in grid:  # a bad --methods entry fails now, not after hours of other cells
+      cell_config(bases[cell[1]], *cell)
     if _JOBS.value < 1:
       raise UserError(f"--jobs={_JOBS.value}; expected at least 1")
     if _JOBS.value > 1 and not (_WORKER.value or _REPORT_ONLY.value):

@@ -83,34 +83,56 @@ def write_tables(rows: list[dict], workdir: str) -> None:
             "clean label the trained network predicts, where the clean labels are known.\n\n" + "\n".join(lines))
 
 
-def advantage_table(rows: list[dict], stats: dict, noise: str, learner: str, fractions: list[float],
-                    method: str = "prune4rel") -> list[str]:
-  """Markdown lines: `method` against the best other method (by mean test accuracy) at each fraction, and their
-  difference paired by seed (a seed fixes the noisy labels and the warm-up, so pairing removes their share of the
-  spread). Empty unless `method` and another method ran."""
+def is_prune4rel(method: str) -> bool:
+  """Prune4ReL or one of its variants (`prune4rel+tau=auto`, as the sweep's --methods names them)."""
+  return method.split("+")[0] == "prune4rel"
+
+
+def paired_difference(accuracy: dict, method: str, other: str, fraction: float) -> str:
+  """`method` minus `other` in points, mean ± std over the seeds both ran ("—" if none)."""
+  paired = np.array([accuracy[method, fraction, seed] - accuracy[other, fraction, seed]
+                     for (m, f, seed) in accuracy if (m, f) == (method, fraction)
+                     and (other, fraction, seed) in accuracy]) * 100
+  if not len(paired):
+    return "—"
+  mean = round(float(paired.mean()), 1) + 0.0  # + 0.0: a tie prints +0.0, not -0.0
+  return f"{mean:+.1f} ± {paired.std():.1f} (n={len(paired)})"
+
+
+def advantage_table(rows: list[dict], stats: dict, noise: str, learner: str, fractions: list[float]) -> list[str]:
+  """Markdown lines: each Prune4ReL variant against the best other method (by mean test accuracy; variants of
+  Prune4ReL are not "other") at each fraction, and their difference paired by seed (a seed fixes the noisy labels
+  and the warm-up, so pairing removes their share of the spread); then every variant minus every other method.
+  Empty unless a Prune4ReL variant and another method ran."""
   accuracy = {(r["method"], r["fraction"], r["seed"]): r["test_accuracy"] for r in rows
               if (r["noise"], r["learner"]) == (noise, learner)}
+  methods = sorted({k[2] for k in stats if k[:2] == (noise, learner)})
+  variants, baselines = [m for m in methods if is_prune4rel(m)], [m for m in methods if not is_prune4rel(m)]
   lines = []
-  for fraction in fractions:
-    ours = stats.get((noise, learner, method, fraction))
-    others = {k[2]: v for k, v in stats.items() if k[:2] == (noise, learner) and k[3] == fraction and k[2] != method}
-    if ours is None or not others:
-      continue
-    best = max(others, key=lambda m: others[m]["acc_mean"])
-    paired = np.array([accuracy[method, fraction, seed] - accuracy[best, fraction, seed]
-                       for (m, f, seed) in accuracy if (m, f) == (method, fraction)
-                       and (best, fraction, seed) in accuracy]) * 100
-    difference = "—"
-    if len(paired):
-      mean = round(float(paired.mean()), 1) + 0.0  # + 0.0: a tie prints +0.0, not -0.0
-      difference = f"{mean:+.1f} ± {paired.std():.1f} (n={len(paired)})"
-    lines.append(f"| f={fraction:g} | {best} | {100 * ours['acc_mean']:.1f} | {100 * others[best]['acc_mean']:.1f} "
-                 f"| {difference} |")
-  if not lines:
-    return []
-  return [f"### noise {noise}, learner {learner}: {method} against the best other method", "",
-          f"| fraction | best other method | {method} | best other | difference, paired by seed |",
-          "|---|---|---|---|---|", *lines, ""]
+  for method in variants:
+    best_lines = []
+    for fraction in fractions:
+      ours = stats.get((noise, learner, method, fraction))
+      others = {m: stats[noise, learner, m, fraction] for m in baselines if (noise, learner, m, fraction) in stats}
+      if ours is None or not others:
+        continue
+      best = max(others, key=lambda m: others[m]["acc_mean"])
+      best_lines.append(f"| f={fraction:g} | {best} | {100 * ours['acc_mean']:.1f} | "
+                        f"{100 * others[best]['acc_mean']:.1f} | {paired_difference(accuracy, method, best, fraction)} |")
+    if best_lines:
+      lines += [f"### noise {noise}, learner {learner}: {method} against the best other method", "",
+                f"| fraction | best other method | {method} | best other | difference, paired by seed |",
+                "|---|---|---|---|---|", *best_lines, ""]
+  if len(variants) > 1 or len(baselines) > 1:
+    pairs = [(m, o) for m in variants for o in baselines
+             if any((noise, learner, x, f) in stats for x in (m, o) for f in fractions)]
+    table = [f"| {m} | {o} | " + " | ".join(paired_difference(accuracy, m, o, f) for f in fractions) + " |"
+             for m, o in pairs]
+    if any("(n=" in line for line in table):
+      lines += [f"### noise {noise}, learner {learner}: each Prune4ReL variant minus each other method "
+                f"(points, paired by seed)", "", "| variant | other method | " +
+                " | ".join(f"f={f:g}" for f in fractions) + " |", "|---|---|" + "---|" * len(fractions), *table, ""]
+  return lines
 
 
 def plot(rows: list[dict], workdir: str) -> None:

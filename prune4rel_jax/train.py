@@ -21,6 +21,10 @@ from prune4rel_jax.reporting import RunWriter
 from prune4rel_jax.selection import METHODS, SelectionInputs, budget_for, records
 
 
+# What a checkpoint carries from the selection to the summary, besides the network: timings and diagnostics.
+CARRIED = ("selection_seconds", "train_seconds", "selection_diagnostics")
+
+
 def train_learner(config, learner: Learner, state, dataset: Dataset, indices: np.ndarray, epochs: int,
                   key: jax.Array, phase: str, writer: RunWriter, evaluate_test: bool, start_epoch: int = 0,
                   after_epoch: Callable[[int, Any], None] | None = None,
@@ -166,13 +170,15 @@ def train_and_evaluate(config, workdir: str, existing: str = "auto", warmup_cach
         inputs = warm_up(config, dataset, model, mesh, method, warmup_key, writer, checkpoints, stop, cache)
       else:
         inputs = SelectionInputs(labels=dataset.train_labels, num_classes=dataset.num_classes)
-      selected = np.asarray(method.select(inputs, budget), np.int64)
+      selected, report = method.select_and_report(inputs, budget, dataset.train_clean_labels)
+      selected = np.asarray(selected, np.int64)
       if len(selected) != budget or len(np.unique(selected)) != budget:
         raise RuntimeError(f"{method.name} returned {len(selected)} indices ({len(np.unique(selected))} distinct) "
                            f"for a budget of {budget}")
-      timings = {"selection_seconds": time.perf_counter() - start, "train_seconds": 0.0}
+      carried = {"selection_seconds": time.perf_counter() - start, "train_seconds": 0.0,
+                 "selection_diagnostics": writer.selection_report(report)}
       state = learner.init(train_key, dataset.image_shape, len(selected))
-      checkpoints.save(0, state, selected, inputs, train_key, {**timings, "records": writer.records})
+      checkpoints.save(0, state, selected, inputs, train_key, {**carried, "records": writer.records})
       checkpoints.finish_warmup()
       start_epoch = 0
     else:
@@ -181,7 +187,7 @@ def train_and_evaluate(config, workdir: str, existing: str = "auto", warmup_cach
       state, selected, inputs, train_key, start_epoch = (snapshot.state, snapshot.selected, snapshot.inputs,
                                                           snapshot.key, snapshot.epoch)
       writer.restore(snapshot.meta["records"])
-      timings = {k: snapshot.meta[k] for k in ("selection_seconds", "train_seconds")}
+      carried = {k: snapshot.meta.get(k) for k in CARRIED}
     writer.save_selection(selected)
 
     start = time.perf_counter()
@@ -189,16 +195,16 @@ def train_and_evaluate(config, workdir: str, existing: str = "auto", warmup_cach
     def after_epoch(epoch: int, state) -> None:
       stopping = stop.requested()
       if stopping or checkpoints.due(epoch, config.epochs):
-        train_seconds = timings["train_seconds"] + time.perf_counter() - start
+        train_seconds = carried["train_seconds"] + time.perf_counter() - start
         checkpoints.save(epoch + 1, state, selected, inputs, train_key,
-                         {**timings, "train_seconds": train_seconds, "records": writer.records})
+                         {**carried, "train_seconds": train_seconds, "records": writer.records})
       if stopping:
         raise checkpoint.Preempted(f"stopped after training epoch {epoch + 1}/{config.epochs} (checkpoint "
                                    f"{epoch + 1}); rerun the same command to resume")
 
     state = train_learner(config, learner, state, dataset, selected, config.epochs, train_key, "train", writer,
                           evaluate_test=True, start_epoch=start_epoch, after_epoch=after_epoch)
-    train_seconds = timings["train_seconds"] + time.perf_counter() - start
+    train_seconds = carried["train_seconds"] + time.perf_counter() - start
 
   tested = [r["test_accuracy"] for r in writer.records if r["phase"] == "train" and "test_accuracy" in r]
   noisy = dataset.noisy_mask()
@@ -209,7 +215,8 @@ def train_and_evaluate(config, workdir: str, existing: str = "auto", warmup_cach
       "noisy_share_of_subset": None if noisy is None else float(noisy[selected].mean()),
       **evaluate.relabeling(learner, state, dataset, selected, config.eval_batch_size, make_view("test", config.data)),
       "test_accuracy": tested[-1] if tested else None, "best_test_accuracy": max(tested) if tested else None,
-      "selection_seconds": timings["selection_seconds"], "train_seconds": train_seconds,
+      "selection_diagnostics": carried["selection_diagnostics"],
+      "selection_seconds": carried["selection_seconds"], "train_seconds": train_seconds,
       "num_devices": int(mesh.devices.size), "seed": config.seed,
   }
   writer.finish(summary)

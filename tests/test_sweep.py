@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from prune4rel_jax import sweep_report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -112,3 +114,32 @@ def test_report_compares_prune4rel_with_the_best_other_method_paired_by_seed(tmp
   assert "| f=0.6 | uniform | 90.0 | 90.0 | +0.0 ± 0.0 (n=1) |" in report
   assert report.count("against the best other method") == 1
   assert "| uniform | 84.3 ± 4.9 (noisy 40%, n=3) | 88.0 ± 0.0 (noisy 40%, n=1) |" in report
+
+
+def test_method_variants_set_their_own_fields_and_bad_ones_are_user_errors():
+  from prune4rel_jax import sweep
+  from prune4rel_jax.config import default_config
+  from prune4rel_jax.errors import UserError
+  selection = default_config().copy_and_resolve_references().selection  # resolved: tau is typed float here
+  sweep.method_variant(selection, "prune4rel+tau=auto+tie_break=gain+balance=True")
+  assert (selection.name, selection.prune4rel.tau, selection.prune4rel.tie_break, selection.balance) == \
+      ("prune4rel", "auto", "gain", True)
+  sweep.method_variant(selection, "small_loss+balance=False")
+  assert selection.name == "small_loss" and selection.balance is False
+  for bad in ("prune4rel+bogus=1", "small_loss+balance", "uniform+fraction=x"):
+    with pytest.raises(UserError, match="--methods entry"):
+      sweep.method_variant(selection, bad)
+
+
+def test_report_compares_every_prune4rel_variant_with_every_other_method(tmp_path):
+  rows = [_row("sop_plus", "prune4rel", 0.2, s, a) for s, a in ((0, 0.80), (1, 0.82))]
+  rows += [_row("sop_plus", "prune4rel+tau=auto", 0.2, s, a) for s, a in ((0, 0.86), (1, 0.84))]
+  rows += [_row("sop_plus", "uniform", 0.2, s, a) for s, a in ((0, 0.81), (1, 0.81))]
+  rows += [_row("sop_plus", "small_loss+balance=False", 0.2, 0, 0.83)]
+  sweep_report.write_tables(rows, str(tmp_path))
+  report = (tmp_path / "results.md").read_text()
+  # Variants of Prune4ReL are never the "best other method": small_loss+balance=False (83.0) is.
+  assert "| f=0.2 | small_loss+balance=False | 85.0 | 83.0 | +3.0 ± 0.0 (n=1) |" in report
+  assert "| f=0.2 | small_loss+balance=False | 81.0 | 83.0 | -3.0 ± 0.0 (n=1) |" in report
+  assert "| prune4rel+tau=auto | uniform | +4.0 ± 1.0 (n=2) |" in report
+  assert "| prune4rel | small_loss+balance=False | -3.0 ± 0.0 (n=1) |" in report

@@ -63,6 +63,12 @@ class Method:
     """Indices into the training set, `budget` of them, in the order they were chosen."""
     raise NotImplementedError
 
+  def select_and_report(self, inputs: SelectionInputs, budget: int, clean_labels: np.ndarray | None = None):
+    """`select`, plus a report of how the subset was chosen (Prune4ReL: `diagnostics.Report`) or None.
+    `clean_labels` (None where unknown) may only inform the report, never the choice."""
+    del clean_labels
+    return self.select(inputs, budget), None
+
 
 def budget_for(fraction: float, num_examples: int) -> int:
   """k = round(fraction · N), as the original; fraction must lie in (0, 1]."""

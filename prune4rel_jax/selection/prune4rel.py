@@ -16,6 +16,7 @@ one-at-a-time greedy picks next, in the same order), and adds the kept picks to 
 pass. The number of proposals per round adapts to how many the last round kept.
 """
 
+import dataclasses
 import functools
 
 import jax
@@ -26,12 +27,13 @@ from jax.sharding import PartitionSpec as P
 
 from prune4rel_jax import parallel
 from prune4rel_jax.errors import UserError
-from prune4rel_jax.selection import similarity
+from prune4rel_jax.selection import diagnostics, similarity
 from prune4rel_jax.selection.base import Method, SelectionInputs
 
 METRICS = ("cossim", "euclidean")
 UNCERTAINTIES = ("LeastConfidence", "Entropy", "Margin")
 GAINS = ("original", "exact")
+TIE_BREAKS = ("index", "gain")
 # Two proposals count as depending on each other when their similarity is within this of the neighbour
 # threshold: the check and the NC update compute the same similarity in different matmuls, which may round
 # differently. A false alarm only ends a round early; it never changes the result.
@@ -82,6 +84,23 @@ def class_schedule(labels: np.ndarray, num_classes: int, budget: int) -> np.ndar
   return schedule
 
 
+def log_tanh_difference(low: jax.Array, step: jax.Array) -> jax.Array:
+  """log(tanh(low + step) − tanh(low)) for step ≥ 0, without the cancellation of the plain difference.
+
+  tanh(b) − tanh(a) = sinh(b − a) / (cosh(a)·cosh(b)), and each factor's log is computed stably: the float32
+  difference is exactly 0 once tanh(low) rounds to 1 (low ≈ 9), this stays exact until low ≈ 10^37."""
+  def log_cosh(x):
+    x = jnp.abs(x)
+    return x + jnp.log1p(jnp.exp(-2.0 * x)) - np.log(2.0)
+
+  def log_sinh(x):  # x ≥ 0; −inf at 0
+    small = jnp.log(jnp.sinh(jnp.minimum(x, 1.0)))
+    large = x + jnp.log1p(-jnp.exp(-2.0 * jnp.maximum(x, 1.0))) - np.log(2.0)
+    return jnp.where(x < 1.0, small, large)
+
+  return log_sinh(step) - log_cosh(low) - log_cosh(low + step)
+
+
 def proposal_widths(max_proposals: int, rows_per_device: int) -> tuple[int, ...]:
   """The proposal counts a round can use (powers of 4 up to the cap): each is compiled once."""
   cap = max(1, min(max_proposals, rows_per_device))
@@ -89,21 +108,25 @@ def proposal_widths(max_proposals: int, rows_per_device: int) -> tuple[int, ...]
 
 
 @functools.lru_cache(maxsize=None)
-def build_greedy(mesh: jax.sharding.Mesh, metric: str, gain: str, tau: float, eta: float, block: int,
-                 widths: tuple[int, ...]):
-  """The jitted greedy for one mesh and option set:
-  f(embeddings, conf, labels, valid, schedule, budget) -> (order [padded], [rounds, proposals])."""
+def build_greedy(mesh: jax.sharding.Mesh, metric: str, gain: str, block: int, widths: tuple[int, ...],
+                 tie_break: str = "index"):
+  """The jitted greedy for one mesh and option set: f(embeddings, conf, labels, valid, schedule, budget, tau,
+  eta) -> (order, float32 gain of each pick, of its runner-up [padded], [rounds, proposals], objective
+  Σ tanh(NC/eta)). tau and eta are arguments, not constants: trying several compiles once.
 
-  def affinity(rows, columns):
-    """The similarity a threshold applies to: s = 0.5 + 0.5·cos, or 1/(dist + 0.1) − 0.1 (neighbours: > 0)."""
-    if metric == "cossim":
-      return 0.5 + 0.5 * similarity.cosine_similarity(rows, columns)
-    return 1.0 / (similarity.euclidean_distance(rows, columns) + 0.1) - 0.1
+  Candidates are ranked by a key: the float32 gain (`tie_break="index"`, the original: once tanh saturates,
+  gains are exactly 0 and the lowest index wins), or the same gain computed without cancellation
+  (`tie_break="gain"`, `log_tanh_difference`), which keeps ordering candidates by their true gain long after
+  the float32 difference has rounded to 0. Either way gains only fall after a pick, so the batched rounds stay
+  exact. The runner-up is the next candidate by that key for the same step, at the round's start (an upper bound
+  of its gain when the step is decided: earlier picks of the round can only lower it)."""
 
-  def weight(a):
+  affinity = functools.partial(similarity.affinity, metric)
+
+  def weight(a, tau):
     return jnp.where(a > tau, a, 0.0) if metric == "cossim" else jnp.clip(a, 0.0, 10.0)
 
-  def neighbours(a):  # conservative: includes pairs within NEIGHBOUR_MARGIN of the threshold
+  def neighbours(a, tau):  # conservative: includes pairs within NEIGHBOUR_MARGIN of the threshold
     return a > (tau if metric == "cossim" else 0.0) - NEIGHBOUR_MARGIN
 
   def gather(array, index, offset):
@@ -114,53 +137,78 @@ def build_greedy(mesh: jax.sharding.Mesh, metric: str, gain: str, tau: float, et
     rows = jnp.where(mine.reshape(mine.shape + (1,) * (array.ndim - 1)), array[local], 0)
     return jax.lax.psum(rows, parallel.DATA)
 
-  def propose_any(gains, labels, window, offset, width):
-    """Unconstrained steps: the `width` largest gains (lowest index on ties), in order."""
+  def propose_any(keys, gains, labels, window, offset, width):
+    """Unconstrained steps: the `width` largest keys (lowest index on ties), in order, with their float32 gains
+    and each one's runner-up (the next in that order)."""
     del labels, window
-    values, local = jax.lax.top_k(gains, width)
-    values = jax.lax.all_gather(values, parallel.DATA, tiled=True)
-    where = jax.lax.all_gather(local + offset, parallel.DATA, tiled=True)
-    return jax.lax.sort((-values, where), num_keys=2)[1][:width]
+    n = keys.shape[0]
+    pad = width + 1 - min(width + 1, n)  # a device may hold fewer rows than a round needs with its runner-up
+    keys = jnp.concatenate([keys, jnp.full(pad, -jnp.inf)])
+    values, local = jax.lax.top_k(keys, width + 1)
+    index = jnp.where(local < n, local + offset, jnp.iinfo(jnp.int32).max)
+    offered = (values, index, jnp.where(local < n, gains[jnp.minimum(local, n - 1)], -jnp.inf))
+    values, where, offered_gains = jax.lax.sort(
+        (-jax.lax.all_gather(values, parallel.DATA, tiled=True),
+         *(jax.lax.all_gather(x, parallel.DATA, tiled=True) for x in offered[1:])), num_keys=2)
+    return where[:width], offered_gains[:width], offered_gains[1:width + 1]
 
-  def propose_by_class(gains, labels, window, offset, width):
+  def propose_by_class(keys, gains, labels, window, offset, width):
     """Class-constrained steps: step m takes the r-th best remaining example of its class, r = how many earlier
     steps of the window serve that class (the one-at-a-time "best not proposed yet", with one sort instead of
-    `width` argmaxes). Each device offers, for every step, its own r-th best of the step's class: together the
-    offers hold every class's global top r, and one sort of them ranks those (lowest index on ties)."""
-    n = gains.shape[0]
-    by_class, by_gain, by_index = jax.lax.sort((labels, -gains, jnp.arange(n)), num_keys=3)
+    `width` argmaxes). Each device offers, for every step, its own r-th best of the step's class, and for the
+    class's last step in the window also its (r+1)-th: together the offers hold every class's global top r + 1,
+    and one sort of them ranks those (lowest index on ties). Also returns the picks' float32 gains and their
+    runner-ups' (the next offer of the class)."""
+    n = keys.shape[0]
+    by_class, by_key, by_index, by_gain = jax.lax.sort((labels, -keys, jnp.arange(n), gains), num_keys=3)
     steps = jnp.arange(width)
-    rank = jnp.sum((window[None, :] == window[:, None]) & (steps[None, :] < steps[:, None]), axis=1)
-    at = jnp.minimum(jnp.searchsorted(by_class, window) + rank, n - 1)
-    offered = by_class[at] == window  # else this device has fewer than r + 1 examples of the class
-    offers = (jnp.where(offered, by_gain[at], jnp.inf), by_index[at] + offset)
-    classes, _, where = jax.lax.sort((jax.lax.all_gather(window, parallel.DATA, tiled=True),
-                                      *(jax.lax.all_gather(x, parallel.DATA, tiled=True) for x in offers)),
-                                     num_keys=3)
-    return where[jnp.searchsorted(classes, window) + rank]
+    same = window[None, :] == window[:, None]
+    rank = jnp.sum(same & (steps[None, :] < steps[:, None]), axis=1)
+    last = ~jnp.any(same & (steps[None, :] > steps[:, None]), axis=1)
+    start = jnp.searchsorted(by_class, window)
+    want = jnp.concatenate([start + rank, start + rank + 1])
+    at = jnp.minimum(want, n - 1)
+    offered = (want < n) & (by_class[at] == jnp.tile(window, 2))  # else the device has too few of the class
+    offered &= jnp.concatenate([jnp.ones(width, bool), last])
+    offers = (jnp.tile(window, 2), jnp.where(offered, by_key[at], jnp.inf), by_index[at] + offset,
+              jnp.where(offered, by_gain[at], -jnp.inf))
+    classes, _, where, offered_gains = jax.lax.sort(
+        tuple(jax.lax.all_gather(x, parallel.DATA, tiled=True) for x in offers), num_keys=3)
+    position = jnp.searchsorted(classes, window) + rank
+    return where[position], offered_gains[position], offered_gains[position + 1]
 
-  def gains_of(nc, conf, embeddings, everything):
+  def gains_of(nc, conf, embeddings, everything, tau, eta):
+    """([n] float32 gains, [n] ranking keys): the keys are the gains themselves, or (tie_break="gain") the log of
+    the own-term gain, or the exact gain summed from cancellation-free terms."""
     if gain == "original":
-      return jnp.tanh((nc + conf) / eta) - jnp.tanh(nc / eta)
+      float32 = jnp.tanh((nc + conf) / eta) - jnp.tanh(nc / eta)
+      if tie_break == "index":
+        return float32, float32
+      return float32, jnp.maximum(log_tanh_difference(nc / eta, conf / eta), jnp.finfo(jnp.float32).min)
     all_embeddings, all_valid = everything
     all_nc = jax.lax.all_gather(nc, parallel.DATA, tiled=True)
 
     def column_block(columns, column_conf):
       def row_block(rows, row_nc, row_valid):
-        raised = row_nc[:, None] + weight(affinity(rows, columns)) * column_conf[None, :]
-        return jnp.sum((jnp.tanh(raised / eta) - jnp.tanh(row_nc / eta)[:, None]) * row_valid[:, None], 0)
+        low = row_nc[:, None] / eta
+        step = weight(affinity(rows, columns), tau) * column_conf[None, :] / eta
+        terms = [jnp.tanh(low + step) - jnp.tanh(low)]
+        if tie_break == "gain":
+          terms.append(jnp.exp(log_tanh_difference(low, step)))
+        return jnp.stack([jnp.sum(t * row_valid[:, None], 0) for t in terms], -1)
       return similarity.sum_row_blocks(row_block, block, all_embeddings, all_nc, all_valid)
 
-    return similarity.map_row_blocks(column_block, block, embeddings, conf)
+    sums = similarity.map_row_blocks(column_block, block, embeddings, conf)
+    return sums[:, 0], sums[:, -1]
 
-  def depends_on_earlier(proposals, embeddings, valid):
+  def depends_on_earlier(proposals, embeddings, valid, tau):
     """[B] bool: whether proposal m's gain may change when an earlier proposal is picked. Own-term gain: they
     are neighbours. Exact gain: they share a neighbour (itself included)."""
     if gain == "original":
-      linked = neighbours(affinity(proposals, proposals))
+      linked = neighbours(affinity(proposals, proposals), tau)
     else:
       def counts(rows, row_valid):
-        near = (neighbours(affinity(rows, proposals)) & row_valid[:, None]).astype(jnp.float32)
+        near = (neighbours(affinity(rows, proposals), tau) & row_valid[:, None]).astype(jnp.float32)
         return near.T @ near
       linked = jax.lax.psum(similarity.sum_row_blocks(counts, block, embeddings, valid), parallel.DATA) > 0
     earlier = jnp.arange(proposals.shape[0])[None, :] < jnp.arange(proposals.shape[0])[:, None]
@@ -168,60 +216,78 @@ def build_greedy(mesh: jax.sharding.Mesh, metric: str, gain: str, tau: float, et
 
   def make_round(width):
     def one_round(state, data):
-      nc, taken, order, t, _, counts = state
-      embeddings, conf, labels, valid, schedule, budget, everything = data
+      nc, taken, order, picked_gains, runner_up_gains, t, _, counts = state
+      embeddings, conf, labels, valid, schedule, budget, everything, tau, eta = data
       offset = jax.lax.axis_index(parallel.DATA) * nc.shape[0]
-      gains = jnp.where(taken, -jnp.inf, gains_of(nc, conf, embeddings, everything))
+      gains, keys = (jnp.where(taken, -jnp.inf, x) for x in gains_of(nc, conf, embeddings, everything, tau, eta))
       window = jax.lax.dynamic_slice_in_dim(schedule, t, width)
       # The round covers the steps that are constrained like the first (class steps, or free ones) and proposes
       # for those alone; a schedule turns free at most once (class_schedule), so this rarely shortens a round.
       constrained = window >= 0
       alike = jnp.where(jnp.all(constrained == constrained[0]), width, jnp.argmax(constrained != constrained[0]))
-      proposals = jax.lax.cond(constrained[0], functools.partial(propose_by_class, width=width),
-                               functools.partial(propose_any, width=width), gains, labels, window, offset)
+      proposals, proposal_gains, runner_ups = jax.lax.cond(
+          constrained[0], functools.partial(propose_by_class, width=width),
+          functools.partial(propose_any, width=width), keys, gains, labels, window, offset)
       rows, proposal_conf = gather(embeddings, proposals, offset), gather(conf, proposals, offset)
-      conflict = depends_on_earlier(rows, embeddings, valid)
+      conflict = depends_on_earlier(rows, embeddings, valid, tau)
       kept = jnp.minimum(jnp.where(jnp.any(conflict), jnp.argmax(conflict), width), jnp.minimum(alike, budget - t))
       accepted = jnp.arange(width) < kept
       added = proposal_conf * accepted
-      nc = similarity.map_row_blocks(lambda r, n: n + weight(affinity(r, rows)) @ added, block, embeddings, nc)
+      nc = similarity.map_row_blocks(lambda r, n: n + weight(affinity(r, rows), tau) @ added, block, embeddings,
+                                     nc)
       mine = jnp.where(accepted & (proposals >= offset) & (proposals < offset + nc.shape[0]), proposals - offset,
                        nc.shape[0])
       taken = taken.at[mine].set(True, mode="drop")
-      order = jax.lax.dynamic_update_slice_in_dim(order, proposals, t, 0)
-      return nc, taken, order, t + kept, kept, counts + jnp.array([1, width], jnp.int32)
+      order, picked_gains, runner_up_gains = (
+          jax.lax.dynamic_update_slice_in_dim(x, update, t, 0)
+          for x, update in ((order, proposals), (picked_gains, proposal_gains), (runner_up_gains, runner_ups)))
+      return (nc, taken, order, picked_gains, runner_up_gains, t + kept, kept,
+              counts + jnp.array([1, width], jnp.int32))
     return one_round
 
   rounds_by_width = [make_round(w) for w in widths]
   width_options = np.asarray(widths)
 
-  def greedy(embeddings, conf, labels, valid, schedule, budget):
+  def greedy(embeddings, conf, labels, valid, schedule, budget, tau, eta):
     everything = None  # the exact gain sums over every example: all of them on every device (O(N·d) each)
     if gain == "exact":
       everything = tuple(jax.lax.all_gather(x, parallel.DATA, tiled=True) for x in (embeddings, valid))
-    data = (embeddings, conf, labels, valid, schedule, budget, everything)
-    state = (jnp.zeros(conf.shape, jnp.float32), ~valid, jnp.zeros(schedule.shape, jnp.int32), jnp.int32(0),
-             jnp.int32(widths[-1]), jnp.zeros(2, jnp.int32))
+    data = (embeddings, conf, labels, valid, schedule, budget, everything, tau, eta)
+    nothing = jnp.zeros(schedule.shape, jnp.float32)
+    state = (jnp.zeros(conf.shape, jnp.float32), ~valid, jnp.zeros(schedule.shape, jnp.int32), nothing, nothing,
+             jnp.int32(0), jnp.int32(widths[-1]), jnp.zeros(2, jnp.int32))
 
     def body(state):
-      branch = jnp.minimum(jnp.searchsorted(width_options, 2 * state[4]), len(widths) - 1)
+      branch = jnp.minimum(jnp.searchsorted(width_options, 2 * state[6]), len(widths) - 1)
       return jax.lax.switch(branch, rounds_by_width, state, data)
 
-    state = jax.lax.while_loop(lambda s: s[3] < budget, body, state)
-    return state[2], state[5]
+    nc, _, order, picked_gains, runner_up_gains, _, _, counts = jax.lax.while_loop(lambda s: s[5] < budget, body,
+                                                                                   state)
+    objective = jax.lax.psum(jnp.sum(jnp.where(valid, jnp.tanh(nc / eta), 0.0)), parallel.DATA)
+    return order, picked_gains, runner_up_gains, counts, objective
 
   sharded = P(parallel.DATA)
-  mapped = jax.shard_map(greedy, mesh=mesh, in_specs=(sharded, sharded, sharded, sharded, P(), P()),
-                         out_specs=(P(), P()), check_vma=False)
+  mapped = jax.shard_map(greedy, mesh=mesh, in_specs=(sharded, sharded, sharded, sharded, P(), P(), P(), P()),
+                         out_specs=(P(), P(), P(), P(), P()), check_vma=False)
   return jax.jit(mapped)
+
+
+@dataclasses.dataclass(frozen=True)
+class GreedyResult:
+  """What one greedy run chose and how: the picks, and per pick the float32 gain that decided it."""
+  order: np.ndarray      # [k] picked indices, in pick order
+  gains: np.ndarray      # [k] float32 gain of each pick when it was made
+  runner_up: np.ndarray  # [k] float32 gain of the next candidate for the same step (−inf: there was none)
+  objective: float       # F(S) = Σ_i tanh(NC_i / eta) after the last pick
+  rounds: int            # batched rounds
+  proposals: int         # similarity columns computed for the NC updates, kept or not
 
 
 def greedy_select(mesh: jax.sharding.Mesh, embeddings: np.ndarray, conf: np.ndarray, schedule: np.ndarray,
                   labels: np.ndarray, budget: int, *, metric: str, gain: str, tau: float, eta: float,
-                  block_size: int, max_proposals: int) -> tuple[np.ndarray, dict[str, int]]:
-  """(the `budget` greedy picks in order, {rounds, proposals: columns of the NC updates, kept or not}).
-  `schedule[t]` is the class step t must pick from (−1: any), e.g. `class_schedule`; `embeddings` are used as
-  given (`unit_rows` them for cossim)."""
+                  block_size: int, max_proposals: int, tie_break: str = "index") -> GreedyResult:
+  """The `budget` greedy picks. `schedule[t]` is the class step t must pick from (−1: any), e.g.
+  `class_schedule`; `embeddings` are used as given (`unit_rows` them for cossim)."""
   n = len(conf)
   rows_per_device, block = similarity.layout(n, mesh.devices.size, block_size)
   widths = proposal_widths(max_proposals, rows_per_device)
@@ -230,11 +296,14 @@ def greedy_select(mesh: jax.sharding.Mesh, embeddings: np.ndarray, conf: np.ndar
   shard = functools.partial(similarity.shard_examples, mesh, rows_per_device=rows_per_device)
   steps = np.full(padded + widths[-1], -1, np.int32)
   steps[:budget] = schedule[:budget]
-  greedy = build_greedy(mesh, metric, gain, float(tau), float(eta), block, widths)
-  order, counts = greedy(shard(np.asarray(embeddings, np.float32)), shard(np.asarray(conf, np.float32)),
-                         shard(np.asarray(labels, np.int32)), shard(valid), steps, np.int32(budget))
-  rounds, proposals = parallel.to_host(counts).tolist()
-  return parallel.to_host(order)[:budget].astype(np.int64), {"rounds": rounds, "proposals": proposals}
+  greedy = build_greedy(mesh, metric, gain, block, widths, tie_break)
+  outputs = greedy(shard(np.asarray(embeddings, np.float32)), shard(np.asarray(conf, np.float32)),
+                   shard(np.asarray(labels, np.int32)), shard(valid), steps, np.int32(budget), np.float32(tau),
+                   np.float32(eta))
+  order, gains, runner_up, counts, objective = (parallel.to_host(x) for x in outputs)
+  rounds, proposals = counts.tolist()
+  return GreedyResult(order=order[:budget].astype(np.int64), gains=gains[:budget], runner_up=runner_up[:budget],
+                      objective=float(objective), rounds=rounds, proposals=proposals)
 
 
 class Prune4ReL(Method):
@@ -247,21 +316,36 @@ class Prune4ReL(Method):
     return ml_collections.ConfigDict(dict(
         metric="cossim",             # cossim | euclidean (the original's scripts never reach euclidean)
         uncertainty="LeastConfidence",  # conf = max softmax (as the scripts) | Entropy | Margin
-        tau=0.95,                    # neighbour threshold on s = 0.5 + 0.5·cos (C10N scripts 0.975, C1M 0.8)
-        eta=100.0,                   # tanh temperature (argparse default; most scripts pass 1)
+        # Neighbour threshold on s = 0.5 + 0.5·cos (C10N scripts 0.975, C1M 0.8), or "auto": the smallest τ at
+        # which the budget's expected coverage stays at `coverage` (diagnostics.auto_tau).
+        tau=ml_collections.FieldReference(0.95, field_type=object),
+        # tanh temperature (argparse default; most scripts pass 1), or "auto": the η at which the budget's expected
+        # coverage at the given τ is `coverage`.
+        eta=ml_collections.FieldReference(100.0, field_type=object),
+        coverage=1.0,                # the target of tau/eta=auto: mean NC/η after the budget (tanh(1) = 0.76)
         gain="original",             # original (own-term gain, as the code) | exact (true marginal gain)
+        tie_break="index",           # index (the original: equal float32 gains go to the lower index) | gain
+                                     # (rank by the gain computed without cancellation: log_tanh_difference)
         view="image_strong",         # the augmentation of the scoring pass (`make_view`); "test": none
         block_size=4096,             # rows per similarity block: memory O(block_size · max_proposals)
         max_proposals=256,           # most greedy steps one round proposes
+        diagnostic_sample=256,       # examples whose τ-neighbourhoods the diagnostics and tau=auto measure
     ))
 
   def __init__(self, cfg, mesh, seed):
     super().__init__(cfg, mesh, seed)
-    for field, allowed in (("metric", METRICS), ("uncertainty", UNCERTAINTIES), ("gain", GAINS)):
+    for field, allowed in (("metric", METRICS), ("uncertainty", UNCERTAINTIES), ("gain", GAINS),
+                           ("tie_break", TIE_BREAKS)):
       self.require_choice(field, allowed)
-    if self.hp.eta <= 0:
-      raise UserError(f"selection.prune4rel.eta={self.hp.eta} must be positive")
-    for field in ("block_size", "max_proposals"):
+    self.tau, self.eta = (diagnostics.parse_auto(f"selection.prune4rel.{field}", self.hp[field], low, high)
+                          for field, low, high in (("tau", 0.0, 1.0), ("eta", 0.0, np.inf)))
+    if self.tau == "auto" and (self.eta == "auto" or self.hp.metric != "cossim"):
+      raise UserError("selection.prune4rel.tau=auto needs metric=cossim and a fixed eta (it sets τ for that η)")
+    if self.eta == "auto" and self.hp.metric != "cossim":
+      raise UserError("selection.prune4rel.eta=auto needs metric=cossim")
+    if self.hp.coverage <= 0:
+      raise UserError(f"selection.prune4rel.coverage={self.hp.coverage} must be positive")
+    for field in ("block_size", "max_proposals", "diagnostic_sample"):
       if self.hp[field] < 1:
         raise UserError(f"selection.prune4rel.{field}={self.hp[field]} must be >= 1")
 
@@ -270,6 +354,11 @@ class Prune4ReL(Method):
     return self.hp.view
 
   def select(self, inputs: SelectionInputs, budget: int) -> np.ndarray:
+    return self.select_and_report(inputs, budget)[0]
+
+  def select_and_report(self, inputs: SelectionInputs, budget: int,
+                        clean_labels: np.ndarray | None = None) -> tuple[np.ndarray, "diagnostics.Report"]:
+    """The picks, and the diagnostics of how they were made (τ-neighbourhoods, ties, saturation)."""
     if self.cfg.balance:
       schedule = class_schedule(inputs.labels, inputs.num_classes, budget)
     else:
@@ -277,8 +366,15 @@ class Prune4ReL(Method):
     embeddings = inputs.features
     if self.hp.metric == "cossim":
       embeddings = similarity.unit_rows(embeddings)
-    order, _ = greedy_select(self.mesh, embeddings, confidence(inputs.probs, self.hp.uncertainty), schedule,
-                             inputs.labels, budget, metric=self.hp.metric, gain=self.hp.gain, tau=self.hp.tau,
-                             eta=self.hp.eta, block_size=self.hp.block_size,
-                             max_proposals=self.hp.max_proposals)
-    return order
+    conf = confidence(inputs.probs, self.hp.uncertainty)
+    profile = diagnostics.neighbour_profile(self.mesh, embeddings, clean_labels, metric=self.hp.metric,
+                                            tau=self.tau, sample_size=self.hp.diagnostic_sample, seed=self.seed,
+                                            block_size=self.hp.block_size)
+    tau, eta = diagnostics.resolve(profile, self.tau, self.eta, conf, budget, self.hp.coverage)
+    result = greedy_select(self.mesh, embeddings, conf, schedule, inputs.labels, budget, metric=self.hp.metric,
+                           gain=self.hp.gain, tau=tau, eta=eta, block_size=self.hp.block_size,
+                           max_proposals=self.hp.max_proposals, tie_break=self.hp.tie_break)
+    report = diagnostics.Report.build(profile, result, tau=tau, eta=eta, auto=(self.tau, self.eta),
+                                      coverage=self.hp.coverage, conf=conf, budget=budget,
+                                      tie_break=self.hp.tie_break)
+    return result.order, report

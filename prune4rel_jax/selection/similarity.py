@@ -39,6 +39,14 @@ def euclidean_distance(rows: jax.Array, columns: jax.Array) -> jax.Array:
   return jnp.sqrt(jnp.maximum(squared, 0.0))
 
 
+def affinity(metric: str, rows: jax.Array, columns: jax.Array) -> jax.Array:
+  """[r, c] affinities a threshold applies to: s = 0.5 + 0.5·cos (`cossim`, unit rows), or 1/(dist + 0.1) − 0.1
+  (`euclidean`; neighbours where it is > 0)."""
+  if metric == "cossim":
+    return 0.5 + 0.5 * cosine_similarity(rows, columns)
+  return 1.0 / (euclidean_distance(rows, columns) + 0.1) - 0.1
+
+
 def unit_rows(embeddings: np.ndarray) -> np.ndarray:
   """Rows scaled to unit L2 norm in float32, once, so a cosine is one dot product (a zero row stays zero)."""
   x = np.asarray(embeddings, np.float32)

@@ -1,0 +1,147 @@
+"""Tune Prune4ReL without retraining, from any framework: diagnostics for a range of τ in seconds, and the subsets.
+
+  prune4rel-select --run WORKDIR --taus 0.95,0.975,0.99,auto [--fraction 0.4] [--out DIR]
+  prune4rel-select --arrays DIR --fraction 0.2 --balance --eta 1 --taus auto --out DIR
+
+`--run`: a prune4rel run directory; the warm-up's probabilities and embeddings come from its newest checkpoint,
+every option from its config.json (flags override), and the clean labels (for the same-clean-class share) from its
+dataset. `--arrays`: an export saved by any framework (`exports`: probs.npy [N, C], embeddings.npy [N, d],
+labels.npy [N], optionally clean_labels.npy [N]; e.g. from the PyTorch original's `select()`); options default to
+the package's (Prune4ReL's `defaults()`, config.selection's fraction and balance).
+
+For each τ it prints the diagnostics line (`selection/diagnostics.py`) and the seconds taken. With `--out`, it
+writes per τ the subset in pick order (`tau=<value>.npy`) and all the diagnostics (`diagnostics.json`).
+"""
+
+import json
+import os
+import time
+
+import numpy as np
+from absl import app, flags, logging
+
+from prune4rel_jax import exports
+from prune4rel_jax.cli import fail
+from prune4rel_jax.errors import UserError
+
+_RUN = flags.DEFINE_string("run", None, "a prune4rel run directory (its newest checkpoint holds the warm-up outputs)")
+_ARRAYS = flags.DEFINE_string("arrays", None, "a directory of probs.npy, embeddings.npy, labels.npy "
+                              "[, clean_labels.npy] (`exports`)")
+_TAUS = flags.DEFINE_list("taus", None, "neighbour thresholds to try, numbers or auto (default: the configured one)")
+_OUT = flags.DEFINE_string("out", None, "write tau=<value>.npy (picks in order) and diagnostics.json here")
+_FRACTION = flags.DEFINE_float("fraction", None, "keep round(fraction·N) examples")
+_BALANCE = flags.DEFINE_bool("balance", None, "class-balanced round-robin over noisy labels")
+_ETA = flags.DEFINE_string("eta", None, "tanh temperature, a number or auto")
+_OPTIONS = {name: flags.DEFINE_string(name, None, f"selection.prune4rel.{name}")
+            for name in ("gain", "tie_break", "uncertainty", "metric")}
+_COVERAGE = flags.DEFINE_float("coverage", None, "selection.prune4rel.coverage: the target of tau/eta=auto")
+_SEED = flags.DEFINE_integer("seed", None, "seed of the diagnostics' sample")
+
+def from_arrays(directory: str):
+  """(selection config, seed, SelectionInputs, clean labels) of an export, with the package's default options."""
+  from prune4rel_jax.config import default_config
+  arrays = exports.load(directory)
+  config = default_config()
+  return config.selection, config.seed, exports.selection_inputs(arrays), arrays.get("clean_labels")
+
+
+def from_run(workdir: str):
+  """(selection config, seed, SelectionInputs, clean labels) of a run directory."""
+  import ml_collections
+
+  from prune4rel_jax import checkpoint
+  from prune4rel_jax.data import load_dataset
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise UserError(f"--run={workdir!r} holds no config.json; expected a prune4rel run directory")
+  with open(path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  with checkpoint.Checkpoints(workdir, config.checkpoint) as checkpoints:
+    inputs = checkpoints.restore_inputs()
+  if inputs is None or inputs.features is None or inputs.logits is None:
+    raise UserError(f"--run={workdir!r} has no checkpoint with warm-up probabilities and embeddings; run it with "
+                    f"selection.name=prune4rel until its selection is done")
+  return config.selection, config.seed, inputs, load_dataset(config.data).train_clean_labels
+
+
+def selection_options(selection, seed: int) -> tuple[dict, int]:
+  """The run's or the default selection options with this command's flags applied, and the seed."""
+  from prune4rel_jax.selection.prune4rel import Prune4ReL
+  stored = selection.get("prune4rel", {})
+  options = {**Prune4ReL.defaults().to_dict(), **(stored.to_dict() if hasattr(stored, "to_dict") else stored)}
+  for name, flag in (("eta", _ETA), ("coverage", _COVERAGE), *_OPTIONS.items()):
+    if flag.value is not None:
+      options[name] = flag.value
+  options = {"fraction": selection.fraction if _FRACTION.value is None else _FRACTION.value,
+             "balance": selection.balance if _BALANCE.value is None else _BALANCE.value, "prune4rel": options}
+  return options, seed if _SEED.value is None else _SEED.value
+
+
+def select(options: dict, seed: int, inputs, clean_labels, taus: list, out: str | None) -> list[dict]:
+  """One selection per τ; prints each one's diagnostics line, and writes the subsets and diagnostics to `out`."""
+  import ml_collections
+
+  from prune4rel_jax import parallel
+  from prune4rel_jax.selection import METHODS, budget_for
+  budget = budget_for(options["fraction"], len(inputs.labels))
+  mesh = parallel.make_mesh()
+  if out:
+    os.makedirs(out, exist_ok=True)
+  summaries = []
+  for tau in taus:
+    cfg = ml_collections.ConfigDict({**options, "prune4rel": {**options["prune4rel"], "tau": tau}})
+    method = METHODS.get("prune4rel")(cfg, mesh, seed)
+    start = time.perf_counter()
+    order, report = method.select_and_report(inputs, budget, clean_labels)
+    seconds = time.perf_counter() - start
+    print(f"[{seconds:.1f} s] {report.line()}", flush=True)
+    summaries.append({**report.summary, "tau_requested": tau, "fraction": options["fraction"],
+                      "balance": options["balance"], "seconds": seconds})
+    if out:
+      np.save(os.path.join(out, f"tau={tau}.npy"), order)
+  if out:
+    with open(os.path.join(out, "diagnostics.json"), "w") as f:
+      json.dump(summaries, f, indent=2)
+  return summaries
+
+
+def main(argv):
+  if len(argv) > 1:
+    fail(f"unexpected arguments {' '.join(argv[1:])}")
+  if (_RUN.value is None) == (_ARRAYS.value is None):
+    fail("give exactly one of --run WORKDIR and --arrays DIR")
+  try:
+    selection, seed, inputs, clean = from_run(_RUN.value) if _RUN.value else from_arrays(_ARRAYS.value)
+    options, seed = selection_options(selection, seed)
+    taus = _TAUS.value or [str(options["prune4rel"]["tau"])]
+    select(options, seed, inputs, clean, [t if t == "auto" else _number(t) for t in taus], _OUT.value)
+  except UserError as e:
+    fail(str(e))
+  except OSError as e:
+    fail(" ".join(str(e).split()))
+
+
+def _number(text):
+  try:
+    return float(text)
+  except ValueError:
+    fail(f"--taus: {text!r} is neither a number nor auto")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flags with one-line errors; absl logging at WARNING (JAX logs its backend search at INFO)."""
+  try:
+    rest = flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(str(e))
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  return rest
+
+
+def run():
+  app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  run()
