@@ -10,8 +10,10 @@ class has `--modes` sub-clusters whose members lie at a random spread around the
 tests/test_prune4rel.py, an N×N similarity matrix in float64) runs on cases with N ≤ `--reference-max`; the table
 says whether it picked the same subset and at how many positions the order differs (float32 vs float64 near-ties
 of the gain swap neighbouring picks). FLOP/s counts the similarity matmuls only (2·N·d per proposal column of
-each round), against the device's float32 matmul peak measured by `train_step.matmul_peak_flops`. Prints a
-Markdown table.
+each round), against the device's float32 matmul peak measured by `train_step.matmul_peak_flops`. The diagnostics
+column times what a Prune4ReL run adds to the greedy for its report (`selection/diagnostics.py`: the sampled
+neighbourhood profile and the report), after a compiling call; the greedy itself always records its per-pick gains.
+Prints a Markdown table.
 """
 
 import argparse
@@ -54,7 +56,7 @@ def run_case(args) -> dict:
   import jax
   import numpy as np
   from prune4rel_jax import parallel
-  from prune4rel_jax.selection import prune4rel, similarity
+  from prune4rel_jax.selection import diagnostics, prune4rel, similarity
 
   n, classes, balance = args.case
   embeddings, conf, labels = synthetic(n, args.dim, classes, args.modes)
@@ -68,10 +70,23 @@ def run_case(args) -> dict:
   prune4rel.greedy_select(mesh, units, conf, schedule, labels, 1, **options)  # compiles; budget is dynamic
   compile_s = time.perf_counter() - start
   start = time.perf_counter()
-  order, counts = prune4rel.greedy_select(mesh, units, conf, schedule, labels, budget, **options)
+  greedy = prune4rel.greedy_select(mesh, units, conf, schedule, labels, budget, **options)
   seconds = time.perf_counter() - start
+  order = greedy.order
   result = {"n": n, "classes": classes, "balance": bool(balance), "budget": budget, "compile_s": compile_s,
-            "seconds": seconds, **counts, "flops": 2.0 * n * args.dim * counts["proposals"]}
+            "seconds": seconds, "rounds": greedy.rounds, "proposals": greedy.proposals,
+            "flops": 2.0 * n * args.dim * greedy.proposals}
+
+  def diagnose():
+    profile = diagnostics.neighbour_profile(mesh, units, labels, metric="cossim", tau=args.tau,
+                                            sample_size=args.diagnostic_sample, seed=0, block_size=args.block_size)
+    diagnostics.Report.build(profile, greedy, tau=args.tau, eta=args.eta, auto=(args.tau, args.eta), coverage=1.0,
+                             conf=conf, budget=budget, tie_break="index")
+
+  diagnose()  # compiles
+  start = time.perf_counter()
+  diagnose()
+  result["diagnostics_s"] = time.perf_counter() - start
   sample = units[np.random.default_rng(1).choice(n, min(n, 500), replace=False)]
   result["mean_neighbours"] = float(sum(((0.5 + 0.5 * sample @ units[i:i + 65536].T) > args.tau).sum()
                                         for i in range(0, n, 65536)) / len(sample))
@@ -99,6 +114,7 @@ def main():
   parser.add_argument("--max-proposals", type=int, default=256)
   parser.add_argument("--devices", type=int, default=1)
   parser.add_argument("--reference-max", type=int, default=10000)
+  parser.add_argument("--diagnostic-sample", type=int, default=256)
   parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case and print its JSON
   args = parser.parse_args()
   if args.case:
@@ -112,11 +128,13 @@ def main():
   device = jax.devices()[0]
   print(f"device: {device.platform} {device.device_kind}, {os.cpu_count()} CPUs; jax {jax.__version__}; "
         f"float32 matmul peak {peak / 1e9:.1f} GFLOP/s; d={args.dim}, fraction={args.fraction}, tau={args.tau}, "
-        f"eta={args.eta}, block={args.block_size}, max proposals={args.max_proposals}; "
+        f"eta={args.eta}, block={args.block_size}, max proposals={args.max_proposals}, diagnostics sample="
+        f"{args.diagnostic_sample}; "
         f"load average {os.getloadavg()[0]:.2f}", flush=True)
-  print("| N | classes | balance | k | compile s | greedy s | rounds | picks/round | proposals/pick | GFLOP/s | "
-        "% peak | peak RSS GiB | mean τ-neighbours | NumPy ref s | ref/jit | same set | order diffs | load |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+  print("| N | classes | balance | k | compile s | greedy s | diagnostics s (% of greedy) | rounds | picks/round | "
+        "proposals/pick | GFLOP/s | % peak | peak RSS GiB | mean τ-neighbours | NumPy ref s | ref/jit | same set | "
+        "order diffs | load |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
   passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("cases", "case")]
   for case in args.cases.split(","):
     out = subprocess.run([sys.executable, __file__, f"--case={case}", *passthrough], capture_output=True,
@@ -130,7 +148,8 @@ def main():
                  f"{r['order_mismatches']}"
                  if "reference_s" in r else "– | – | – | –")
     print(f"| {r['n']} | {r['classes']} | {r['balance']} | {r['budget']} | {r['compile_s']:.1f} | "
-          f"{r['seconds']:.1f} | {r['rounds']} | {r['budget'] / r['rounds']:.1f} | "
+          f"{r['seconds']:.1f} | {r['diagnostics_s']:.2f} ({100 * r['diagnostics_s'] / r['seconds']:.1f} %) | "
+          f"{r['rounds']} | {r['budget'] / r['rounds']:.1f} | "
           f"{r['proposals'] / r['budget']:.2f} | {achieved / 1e9:.1f} | {100 * achieved / peak:.0f} | "
           f"{r['peak_rss_gib']:.2f} | {r['mean_neighbours']:.1f} | {reference} | {os.getloadavg()[0]:.2f} |",
           flush=True)

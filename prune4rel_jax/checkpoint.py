@@ -45,7 +45,7 @@ from prune4rel_jax.selection import SelectionInputs
 SUBDIR = "checkpoints"
 WARMUP_SUBDIR = "warmup"
 # Files a run writes into its directory (reporting.RunWriter); `--overwrite` removes exactly these.
-RUN_FILES = ("config.json", "metrics.jsonl", "selected_indices.npy", "summary.json", "curves.png")
+RUN_FILES = ("config.json", "metrics.jsonl", "selected_indices.npy", "summary.json", "curves.png", "selection.png")
 # Config sections that do not change results: a run may resume with different values.
 NOT_COMPARED = ("checkpoint", "loading")
 

@@ -196,7 +196,7 @@ class Report:
     fig, (ax_counts, ax_coverage, ax_gains) = plt.subplots(1, 3, figsize=(14, 3.8))
     ax_counts.hist(np.log10(1 + self.neighbour_counts), bins=30)
     ax_counts.set(xlabel="log10(1 + τ-neighbours)", ylabel="sampled examples",
-                  title=f"neighbourhoods at tau={s['tau']}")
+                  title=f"neighbourhoods at tau={s['tau']:.5g}" if s['tau'] else "neighbourhoods (a > 0)")
     if len(self.taus) > 1:
       ax_coverage.semilogy(-np.log10(1 - np.minimum(self.taus, 1 - 1e-7)), self.coverage_curve)
       ax_coverage.axhline(s["coverage_target"], color="grey", ls=":", label="target")

@@ -1,0 +1,62 @@
+"""`prune4rel-select` on an export from another framework: the diagnostics for several τ, the subsets in pick order
+(equal to the sequential reference's at a fixed τ), and bad exports refused with one line. (From a run directory:
+tests/test_prune4rel.py's quickstart test.)"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from test_crosscheck import BUDGET, N, _export
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _select(directory, *flags):
+  return subprocess.run([sys.executable, "-m", "prune4rel_jax.select_subset", f"--arrays={directory}",
+                         f"--fraction={BUDGET / N}", "--balance", "--eta=1", *flags],
+                        cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_tries_several_taus_and_writes_each_subset(tmp_path):
+  order, labels = _export(tmp_path / "export", pick_order=True)  # the reference's picks at tau 0.9
+  np.save(tmp_path / "export" / "clean_labels.npy", labels)
+  out = _select(tmp_path / "export", "--taus=0.9,auto", f"--out={tmp_path / 'out'}")
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.count("prune4rel diagnostics:") == 2 and "(auto)" in out.stdout
+  np.testing.assert_array_equal(np.load(tmp_path / "out" / "tau=0.9.npy"), order)
+  assert len(np.unique(np.load(tmp_path / "out" / "tau=auto.npy"))) == BUDGET
+  fixed, auto = json.loads((tmp_path / "out" / "diagnostics.json").read_text())
+  assert (fixed["tau"], fixed["tau_rule"], auto["tau_rule"]) == (0.9, "fixed", "auto")
+  assert auto["expected_coverage"] <= 1.0 < fixed["expected_coverage"]
+  assert fixed["neighbours_same_clean_share"] is not None and fixed["picks"] == BUDGET
+
+
+@pytest.mark.parametrize("name,bad,message", [
+    ("embeddings", lambda e: np.where(np.arange(e.size).reshape(e.shape) == 3, np.nan, e), "NaN or infinite"),
+    ("embeddings", lambda e: e[:, 0], "expected labels"),
+    ("probs", lambda p: -p, "softmax rows"),
+    ("probs", lambda p: 2 * p, "softmax rows"),
+    ("labels", lambda y: y + 4, "integer labels in"),
+    ("labels", lambda y: y.astype(np.float32), "integer labels in"),
+    ("labels", lambda y: y[:0], "non-empty numeric"),
+    ("labels", lambda y: np.array([{"a": 1}], dtype=object), "not a numeric .npy"),
+])
+def test_bad_exports_are_one_line_errors(tmp_path, name, bad, message):
+  _export(tmp_path / "export", pick_order=True)
+  path = tmp_path / "export" / f"{name}.npy"
+  np.save(path, bad(np.load(path)), allow_pickle=True)
+  out = _select(tmp_path / "export", "--taus=0.9")
+  assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].startswith("error:"), out.stderr[-2000:]
+  assert message in out.stderr
+
+
+def test_usage_errors_are_one_line_errors(tmp_path):
+  _export(tmp_path / "export", pick_order=True)
+  for flags, message in ((["--taus=often"], "neither a number nor auto"), (["--taus=1.5"], "must lie in"),
+                         (["--run=x"], "exactly one of"), (["--tie_break=random"], "tie_break")):
+    out = _select(tmp_path / "export", *flags)
+    assert out.returncode == 2 and message in out.stderr.strip().splitlines()[-1], out.stderr[-2000:]
