@@ -99,7 +99,8 @@ def paired_difference(accuracy: dict, method: str, other: str, fraction: float) 
   return f"{mean:+.1f} ± {paired.std():.1f} (n={len(paired)})"
 
 
-def advantage_table(rows: list[dict], stats: dict, noise: str, learner: str, fractions: list[float]) -> list[str]:
+def advantage_table(rows: list[dict], stats: dict, noise: str, learner: str,
+                    fractions: list[float]) -> list[str]:
   """Markdown lines: each Prune4ReL variant against the best other method (by mean test accuracy; variants of
   Prune4ReL are not "other") at each fraction, and their difference paired by seed (a seed fixes the noisy labels
   and the warm-up, so pairing removes their share of the spread); then every variant minus every other method.
