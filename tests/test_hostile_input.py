@@ -71,6 +71,13 @@ def test_loading_options_out_of_range(tmp_path, field, value):
   _rejects(_config(**{field: value}), tmp_path / "run", f"{field}={value}")
 
 
+@pytest.mark.parametrize("tau", [2.0, -1.0, "often"])
+def test_prune4rel_tau_outside_zero_one_and_not_auto(tmp_path, tau):
+  """Both were accepted silently before; the command line gives a string where it gives no number."""
+  _rejects(_config(**{"selection.name": "prune4rel", "selection.prune4rel.tau": tau}), tmp_path / "run",
+           f"selection.prune4rel.tau={tau!r}" if isinstance(tau, str) else f"selection.prune4rel.tau={tau}")
+
+
 def test_balanced_budget_smaller_than_the_number_of_classes(tmp_path):
   config = _config(**{"selection.fraction": 0.004, "selection.balance": True})  # 6 of 1,500 examples, 10 classes
   _rejects(config, tmp_path / "run", "keeps 6 of 1500", "10 classes", "selection.balance")
