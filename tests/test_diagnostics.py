@@ -58,6 +58,11 @@ def test_auto_tau_is_the_smallest_tau_whose_coverage_is_at_most_the_target(eta, 
   assert diagnostics.expected_coverage(profile, conf, 24, eta)[profile.column(tau)] <= 1.0
 
 
+def test_saturation_is_where_jitted_float32_tanh_reaches_one():
+  tanh = jax.jit(jax.numpy.tanh)
+  assert tanh(np.float32(diagnostics.SATURATION)) == 1.0 > tanh(np.float32(diagnostics.SATURATION - 0.5))
+
+
 def test_auto_eta_makes_the_coverage_at_tau_the_target():
   embeddings, _ = _hierarchy()
   conf = np.ones(len(embeddings), np.float32)
@@ -109,7 +114,7 @@ def test_method_with_tau_auto_uses_and_reports_the_resolved_tau():
   inputs = SelectionInputs(labels=labels, num_classes=4, logits=logits, features=embeddings)
   order, report = _method(tau="auto", eta=1.0, block_size=32).select_and_report(inputs, 50, clean_labels=labels)
   s = report.summary
-  assert s["tau_rule"] == "auto" and s["eta_rule"] == "fixed" and s["expected_coverage"] <= 1.0
+  assert s["tau_rule"] == "auto" and s["eta_rule"] == "fixed" and s["expected_coverage"] <= diagnostics.SATURATION
   fixed, _ = _method(tau=s["tau"], eta=1.0, block_size=32).select_and_report(inputs, 50)
   np.testing.assert_array_equal(order, fixed)
   assert s["neighbours_same_clean_share"] is not None

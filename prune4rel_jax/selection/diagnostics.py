@@ -12,10 +12,12 @@ original's order), a uniform draw that nothing in the subset reveals. The diagno
 
 `tau=auto` follows from the objective. After k picks the mean of NC over all examples is Σ_p conf_p·deg(p) / N,
 where deg(p) = Σ_i w(i, p) is p's neighbourhood weight (itself included), so for picks of typical confidence and
-degree it is (k/N)·mean(conf)·mean(deg_τ). The tanh saturates (exact zero gains) at NC/η ≈ 9 and stops
-discriminating well before (tanh'(3) = 0.01); at NC/η = 1 (tanh = 0.76, slope 0.42) an example counts as covered
-and gains still rank candidates. So τ is the smallest threshold (the largest neighbourhoods: most use of the
-geometry) whose expected coverage (k/N)·mean(conf)·mean(deg_τ)/η is at most `coverage` (default 1).
+degree the *expected coverage* mean(NC)/η is (k/N)·mean(conf)·mean(deg_τ)/η. The greedy can only saturate (every
+candidate at an exactly-0 float32 gain) once every example has NC/η above `SATURATION` ≈ 8, which needs a mean
+coverage of at least that. So τ is the smallest threshold (the largest neighbourhoods: the most use of the
+geometry) whose expected coverage is at most `coverage`, by default `SATURATION`: the budget cannot saturate the
+objective on average, while the neighbourhoods stay as large as that allows. A smaller target (1: the mean example
+covered once, tanh(1) = 0.76) gives smaller neighbourhoods and a selection closer to ranking by confidence.
 `eta=auto` reads the same equation for η at a given τ. Both come from the profile above: the sample's affinities
 binned on a τ grid dense towards 1, O(sample·N·d), a small fraction of the greedy's O(k·N·d).
 """
@@ -39,6 +41,9 @@ TAU_GRID = 1.0 - 10.0 ** -np.linspace(0.0, 5.0, 501)
 # gains closer than this cannot be ordered reliably, so such a pick counts as a tie.
 GAIN_RESOLUTION = float(np.finfo(np.float32).eps)
 TIE_WARNING_SHARE = 0.5
+# Where float32 tanh(x) becomes exactly 1, so that gains are exactly 0: correctly rounded that is x > 13·ln 2 ≈ 9.01
+# (1 − tanh(x) ≈ 2·exp(−2x) falls below half the spacing under 1, 2⁻²⁵); XLA's CPU tanh clamps from x ≈ 8.
+SATURATION = 8.0
 
 
 def parse_auto(field: str, value, low: float, high: float):

@@ -324,7 +324,7 @@ class Prune4ReL(Method):
         # tanh temperature (argparse default; most scripts pass 1), or "auto": the η at which the budget's expected
         # coverage at the given τ is `coverage`.
         eta=ml_collections.FieldReference(100.0, field_type=object),
-        coverage=1.0,                # the target of tau/eta=auto: mean NC/η after the budget (tanh(1) = 0.76)
+        coverage=diagnostics.SATURATION,  # target of tau/eta=auto: mean NC/η after the budget (≈ 8: see there)
         gain="original",             # original (own-term gain, as the code) | exact (true marginal gain)
         tie_break="index",           # index (the original: equal float32 gains go to the lower index) | gain
                                      # (rank by the gain computed without cancellation: log_tanh_difference)
