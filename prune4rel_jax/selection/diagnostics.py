@@ -1,6 +1,6 @@
 """What a Prune4ReL selection did, and τ (or η) from the data so that it does something.
 
-The greedy maximises F(S) = Σ_i tanh(NC_i/η). Once NC_j/η passes ≈ 9, tanh(NC_j/η) rounds to 1 in float32 and the
+The greedy maximises F(S) = Σ_i tanh(NC_i/η). Once NC_j/η passes ≈ 8-9, tanh(NC_j/η) is 1 in float32 and the
 gain of j is exactly 0; when that holds for every candidate of a step, the pick falls to the lowest index (the
 original's order), a uniform draw that nothing in the subset reveals. The diagnostics make it visible:
 

@@ -5,7 +5,7 @@ examples near i, weighted by their similarity (`cossim`: s = 0.5 + 0.5·cos, w =
 w = clip(1/(dist + 0.1) − 0.1, 0, 10), no tau). Greedy adds, step by step, the example with the largest gain:
 `gain="original"` is the original code's own-term gain tanh((NC_j + conf_j)/eta) − tanh(NC_j/eta);
 `gain="exact"` is the true marginal gain Σ_i [tanh((NC_i + w(i, j)·conf_j)/eta) − tanh(NC_i/eta)] (O(N²·d) per
-round). Ties go to the lower index; in float32 every gain is exactly 0 once NC/eta passes ≈ 9, so a saturated
+round). Ties go to the lower index; in float32 every gain is exactly 0 once NC/eta passes ≈ 8-9, so a saturated
 greedy picks by index: `tie_break="gain"` ranks by the gain computed without cancellation instead
 (`log_tanh_difference`), and `selection/diagnostics.py` reports how many picks were ties (and sets tau/eta="auto").
 With `balance`, step t draws from one noisy-label class, round-robin (`class_schedule`, the original's rule).
