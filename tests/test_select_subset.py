@@ -10,6 +10,8 @@ import sys
 import numpy as np
 import pytest
 
+from prune4rel_jax import exports
+from prune4rel_jax.errors import UserError
 from test_crosscheck import BUDGET, N, _export
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,7 +26,7 @@ def _select(directory, *flags):
 def test_tries_several_taus_and_writes_each_subset(tmp_path):
   order, labels = _export(tmp_path / "export", pick_order=True)  # the reference's picks at tau 0.9
   np.save(tmp_path / "export" / "clean_labels.npy", labels)
-  out = _select(tmp_path / "export", "--taus=0.9,auto", f"--out={tmp_path / 'out'}")
+  out = _select(tmp_path / "export", "--taus=0.9,auto", "--coverage=1", f"--out={tmp_path / 'out'}")
   assert out.returncode == 0, out.stderr[-2000:]
   assert out.stdout.count("prune4rel diagnostics:") == 2 and "(auto)" in out.stdout
   np.testing.assert_array_equal(np.load(tmp_path / "out" / "tau=0.9.npy"), order)
@@ -44,19 +46,22 @@ def test_tries_several_taus_and_writes_each_subset(tmp_path):
     ("labels", lambda y: y.astype(np.float32), "integer labels in"),
     ("labels", lambda y: y[:0], "non-empty numeric"),
     ("labels", lambda y: np.array([{"a": 1}], dtype=object), "not a numeric .npy"),
+    ("selected", lambda s: np.concatenate([s, s[:1]]), "distinct integer indices"),
 ])
-def test_bad_exports_are_one_line_errors(tmp_path, name, bad, message):
+def test_bad_exports_are_user_errors(tmp_path, name, bad, message):
   _export(tmp_path / "export", pick_order=True)
   path = tmp_path / "export" / f"{name}.npy"
   np.save(path, bad(np.load(path)), allow_pickle=True)
-  out = _select(tmp_path / "export", "--taus=0.9")
-  assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].startswith("error:"), out.stderr[-2000:]
-  assert message in out.stderr
+  with pytest.raises(UserError, match=message):
+    exports.load(str(tmp_path / "export"))
 
 
-def test_usage_errors_are_one_line_errors(tmp_path):
+def test_bad_input_is_a_one_line_error(tmp_path):
   _export(tmp_path / "export", pick_order=True)
   for flags, message in ((["--taus=often"], "neither a number nor auto"), (["--taus=1.5"], "must lie in"),
                          (["--run=x"], "exactly one of"), (["--tie_break=random"], "tie_break")):
     out = _select(tmp_path / "export", *flags)
     assert out.returncode == 2 and message in out.stderr.strip().splitlines()[-1], out.stderr[-2000:]
+  np.save(tmp_path / "export" / "probs.npy", -np.load(tmp_path / "export" / "probs.npy"))
+  out = _select(tmp_path / "export", "--taus=0.9")
+  assert out.returncode == 2 and "softmax rows" in out.stderr.strip().splitlines()[-1], out.stderr[-2000:]
