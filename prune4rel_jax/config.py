@@ -6,6 +6,9 @@ and selection methods contribute their own sections (`config.learner.<name>`, `c
 their `defaults()`. Defaults equal the original's (`arguments.py` of kaist-dmlab/Prune4Rel, CIFAR scripts).
 """
 
+import ast
+import contextlib
+
 import ml_collections
 
 from prune4rel_jax.data import DATASETS
@@ -110,3 +113,29 @@ def validate(config: ml_collections.ConfigDict) -> None:
                     f"{config.loading.read_threads} >= 1 and loading.prefetch={config.loading.prefetch} >= 0")
   if config.optim.lr <= 0:
     raise UserError(f"optim.lr={config.optim.lr} must be positive")
+
+
+def method_variant(selection, spec: str) -> None:
+  """Apply a `--methods` entry to `config.selection`: a method name, optionally with settings of its own,
+  `name+field=value+...`, where a field is one of `config.selection` (balance) or of the method's section
+  (`prune4rel+tau=auto`, `small_loss+balance=False`). Values are Python literals, else strings."""
+  name, *settings = spec.split("+")
+  selection.name = name
+  for setting in settings:
+    field, _, text = setting.partition("=")
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text
+    section = selection if field in selection and not isinstance(selection[field], ml_collections.ConfigDict) \
+        else selection.get(name)
+    if not text or section is None or field not in section:
+      raise UserError(f"--methods entry {spec!r}: {setting!r} is not field=value of selection or selection.{name}")
+    # A field that takes a number or a word (prune4rel's tau=auto) is typed by its value once the base config's
+    # references are resolved: its declared type is in the method's defaults.
+    loose = section is not selection and METHODS.get(name).defaults().get_type(field) is object
+    try:
+      with section.ignore_type() if loose else contextlib.nullcontext():
+        section[field] = value
+    except TypeError as e:
+      raise UserError(f"--methods entry {spec!r}: {' '.join(str(e).split())}") from None

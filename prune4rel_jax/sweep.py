@@ -26,8 +26,6 @@ seed by seed, the largest fraction first, so that a sweep cut short holds whole 
 another worker is training waits for it.
 """
 
-import ast
-import contextlib
 import glob
 import importlib.util
 import inspect
@@ -38,14 +36,13 @@ import subprocess
 import sys
 import time
 
-import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
 from prune4rel_jax.checkpoint import Preempted
 from prune4rel_jax.cli import CONFIG, fail, parse_flags
 from prune4rel_jax.errors import UserError
-from prune4rel_jax.selection import METHODS
+from prune4rel_jax.config import method_variant
 from prune4rel_jax.sweep_report import FIELDS, plot, read_table, write_tables
 from prune4rel_jax.train import train_and_evaluate
 
@@ -101,32 +98,6 @@ def learner_config(learner: str):
       node = node[name]
     node[leaf] = value
   return config
-
-
-def method_variant(selection, spec: str) -> None:
-  """Apply a `--methods` entry to `config.selection`: a method name, optionally with settings of its own,
-  `name+field=value+...`, where a field is one of `config.selection` (balance) or of the method's section
-  (`prune4rel+tau=auto`, `small_loss+balance=False`). Values are Python literals, else strings."""
-  name, *settings = spec.split("+")
-  selection.name = name
-  for setting in settings:
-    field, _, text = setting.partition("=")
-    try:
-      value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-      value = text
-    section = selection if field in selection and not isinstance(selection[field], ml_collections.ConfigDict) \
-        else selection.get(name)
-    if not text or section is None or field not in section:
-      raise UserError(f"--methods entry {spec!r}: {setting!r} is not field=value of selection or selection.{name}")
-    # A field that takes a number or a word (prune4rel's tau=auto) is typed by its value once the base config's
-    # references are resolved: its declared type is in the method's defaults.
-    loose = section is not selection and METHODS.get(name).defaults().get_type(field) is object
-    try:
-      with section.ignore_type() if loose else contextlib.nullcontext():
-        section[field] = value
-    except TypeError as e:
-      raise UserError(f"--methods entry {spec!r}: {' '.join(str(e).split())}") from None
 
 
 def cell_config(base, noise: str, learner: str, method: str, fraction: float, seed: int):

@@ -117,18 +117,17 @@ def test_report_compares_prune4rel_with_the_best_other_method_paired_by_seed(tmp
 
 
 def test_method_variants_set_their_own_fields_and_bad_ones_are_user_errors():
-  from prune4rel_jax import sweep
-  from prune4rel_jax.config import default_config
+  from prune4rel_jax.config import default_config, method_variant
   from prune4rel_jax.errors import UserError
   selection = default_config().copy_and_resolve_references().selection  # resolved: tau is typed float here
-  sweep.method_variant(selection, "prune4rel+tau=auto+tie_break=gain+balance=True")
+  method_variant(selection, "prune4rel+tau=auto+tie_break=gain+balance=True")
   assert (selection.name, selection.prune4rel.tau, selection.prune4rel.tie_break, selection.balance) == \
       ("prune4rel", "auto", "gain", True)
-  sweep.method_variant(selection, "small_loss+balance=False")
+  method_variant(selection, "small_loss+balance=False")
   assert selection.name == "small_loss" and selection.balance is False
   for bad in ("prune4rel+bogus=1", "small_loss+balance", "uniform+fraction=x"):
     with pytest.raises(UserError, match="--methods entry"):
-      sweep.method_variant(selection, bad)
+      method_variant(selection, bad)
 
 
 def test_report_compares_every_prune4rel_variant_with_every_other_method(tmp_path):
