@@ -26,7 +26,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   if not any(a == "--config" or a.startswith("--config=") for a in argv[1:]):
     fail("--config is required, e.g. --config configs/quickstart.py")
   try:
-    rest = flags.FLAGS(argv)
+    rest = parse_plain_flags(argv)  # applies the overrides: an unknown field fails here
     CONFIG.value.keys()  # the file loads lazily: load it now, not deep inside the run
   except flags.Error as e:
     fail(str(e))
@@ -36,6 +36,16 @@ def parse_flags(argv: list[str]) -> list[str]:
     fail(f"unknown config field {' '.join(str(e.args[0] if e.args else e).split())}")
   except OSError as e:
     fail(" ".join(str(e).split()))
+  return rest
+
+
+def parse_plain_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing with a one-line error for a bad flag, for commands with or without --config. Sets absl
+  logging to WARNING unless --verbosity is given (orbax logs every save step, JAX its backend search, at INFO)."""
+  try:
+    rest = flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(str(e))
   if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
+    logging.set_verbosity(logging.WARNING)
   return rest

@@ -18,10 +18,10 @@ import os
 import time
 
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
 from prune4rel_jax import exports
-from prune4rel_jax.cli import fail
+from prune4rel_jax.cli import fail, parse_plain_flags
 from prune4rel_jax.errors import UserError
 
 _RUN = flags.DEFINE_string("run", None, "a prune4rel run directory (its newest checkpoint holds the warm-up outputs)")
@@ -36,6 +36,7 @@ _OPTIONS = {name: flags.DEFINE_string(name, None, f"selection.prune4rel.{name}")
             for name in ("gain", "tie_break", "uncertainty", "metric")}
 _COVERAGE = flags.DEFINE_float("coverage", None, "selection.prune4rel.coverage: the target of tau/eta=auto")
 _SEED = flags.DEFINE_integer("seed", None, "seed of the diagnostics' sample")
+
 
 def from_arrays(directory: str):
   """(selection config, seed, SelectionInputs, clean labels) of an export, with the package's default options."""
@@ -128,19 +129,8 @@ def _number(text):
     fail(f"--taus: {text!r} is neither a number nor auto")
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl flags with one-line errors; absl logging at WARNING (JAX logs its backend search at INFO)."""
-  try:
-    rest = flags.FLAGS(argv)
-  except flags.Error as e:
-    fail(str(e))
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  return rest
-
-
 def run():
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=parse_plain_flags)
 
 
 if __name__ == "__main__":

@@ -146,7 +146,7 @@ class Report:
   @classmethod
   def build(cls, profile: Profile, result, *, tau: float, eta: float, auto: tuple, coverage: float,
             conf: np.ndarray, budget: int, tie_break: str) -> "Report":
-    column = profile.column(tau) if len(profile.thresholds) > 1 else 0
+    column = profile.column(tau)  # the only one (a > 0) for euclidean
     counts = profile.counts[:, column]
     curve = expected_coverage(profile, conf, budget, eta)
     ties = np.isfinite(result.runner_up) & (result.gains - result.runner_up <= GAIN_RESOLUTION)
