@@ -4,7 +4,7 @@
   python benchmarks/pipeline.py --datasets webvision,imagenet --steps 10 --read-threads 2
   python benchmarks/pipeline.py --datasets cifar10 --workers 4      # grain worker processes (config.loading)
 
-For each dataset the script writes a fake copy of its on-disk format (`prune4rel_jax/data/fakes.py`; photo-sized
+For each dataset the script writes a fake copy of its on-disk format (`prune4rel_jax/testing.py`; photo-sized
 JPEGs for the 224-px datasets) in a temporary folder — or takes the real Fashion-MNIST from the Debian package —
 builds it with its tfds builder, loads it as training does, and times `pipeline.train_stream` over the training
 set: record reads, decoding (224-px datasets) and the weak view (crop + flip, as `data.*` of the dataset's config
@@ -24,22 +24,23 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from prune4rel_jax import testing  # noqa: E402
 from prune4rel_jax.config import default_config  # noqa: E402
-from prune4rel_jax.data import fakes, fashion_mnist, load_dataset, pipeline  # noqa: E402
+from prune4rel_jax.data import fashion_mnist, load_dataset, pipeline  # noqa: E402
 from prune4rel_jax.data.augment import make_view  # noqa: E402
 
 PHOTO_SIDES = (300, 500)  # ImageNet's typical photos are about 400×350
 
 # name → (writer of a fake copy, data fields of its config)
 DATASETS = {
-    "cifar10": (lambda d: fakes.write_cifar10(d, train_per_batch=1000), {"noise_type": "sym", "noise_rate": 0.4}),
-    "cifar100": (lambda d: fakes.write_cifar100(d, train=5000), {"noise_type": "sym", "noise_rate": 0.4}),
+    "cifar10": (lambda d: testing.write_cifar10(d, train_per_batch=1000), {"noise_type": "sym", "noise_rate": 0.4}),
+    "cifar100": (lambda d: testing.write_cifar100(d, train=5000), {"noise_type": "sym", "noise_rate": 0.4}),
     "fashion_mnist": (None, {"noise_type": "sym", "noise_rate": 0.4, "crop_padding": 2}),
-    "webvision": (lambda d: fakes.write_webvision(d, per_class=8, classes=50, sides=PHOTO_SIDES),
+    "webvision": (lambda d: testing.write_webvision(d, per_class=8, classes=50, sides=PHOTO_SIDES),
                   {"noise_type": "clean", "image_size": 224}),
-    "clothing1m": (lambda d: fakes.write_clothing1m(d, train=400, sides=PHOTO_SIDES),
+    "clothing1m": (lambda d: testing.write_clothing1m(d, train=400, sides=PHOTO_SIDES),
                    {"noise_type": "clean", "image_size": 224}),
-    "imagenet": (lambda d: fakes.write_imagenet(d, classes=20, train_per_class=20, sides=PHOTO_SIDES),
+    "imagenet": (lambda d: testing.write_imagenet(d, classes=20, train_per_class=20, sides=PHOTO_SIDES),
                  {"noise_type": "sym", "noise_rate": 0.2, "image_size": 224}),
 }
 

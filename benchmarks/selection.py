@@ -10,10 +10,13 @@ class has `--modes` sub-clusters whose members lie at a random spread around the
 tests/test_prune4rel.py, an N×N similarity matrix in float64) runs on cases with N ≤ `--reference-max`; the table
 says whether it picked the same subset and at how many positions the order differs (float32 vs float64 near-ties
 of the gain swap neighbouring picks). FLOP/s counts the similarity matmuls only (2·N·d per proposal column of
-each round), against the device's float32 matmul peak measured by `train_step.matmul_peak_flops`. The diagnostics
+each round), against the device's float32 matmul peak measured by `train_step.matmul_peak_flops` just before the
+case; the CPU-time columns divide by the process's CPU seconds instead (all threads; the peak likewise,
+`cpu_time_peak_flops`), which on a shared CPU follow the work where wall seconds follow the load. The diagnostics
 column times what a Prune4ReL run adds to the greedy for its report (`selection/diagnostics.py`: the sampled
 neighbourhood profile and the report), after a compiling call; the greedy itself always records its per-pick gains.
-Prints a Markdown table.
+With `--orders DIR`, each case saves its picks there, or checks them against the ones an earlier run saved (code
+before and after a change must pick the same subset in the same order). Prints a Markdown table.
 """
 
 import argparse
@@ -51,6 +54,21 @@ def synthetic(n: int, dim: int, classes: int, modes: int, seed: int = 0):
   return embeddings, conf, labels
 
 
+def cpu_time_peak_flops(n: int = 2048, repeats: int = 5) -> float:
+  """The float32 matmul FLOP per CPU second of this process, as `train_step.matmul_peak_flops` per wall second."""
+  import jax
+  import jax.numpy as jnp
+  a = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    start = time.process_time()
+    f(a).block_until_ready()
+    times.append(time.process_time() - start)
+  return 2 * n**3 / min(times)
+
+
 def run_case(args) -> dict:
   """One case in this process: the jitted greedy (and the reference when small enough), as a dict."""
   import jax
@@ -69,12 +87,12 @@ def run_case(args) -> dict:
   start = time.perf_counter()
   prune4rel.greedy_select(mesh, units, conf, schedule, labels, 1, **options)  # compiles; budget is dynamic
   compile_s = time.perf_counter() - start
-  start = time.perf_counter()
+  start, cpu_start = time.perf_counter(), time.process_time()
   greedy = prune4rel.greedy_select(mesh, units, conf, schedule, labels, budget, **options)
-  seconds = time.perf_counter() - start
+  seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
   order = greedy.order
   result = {"n": n, "classes": classes, "balance": bool(balance), "budget": budget, "compile_s": compile_s,
-            "seconds": seconds, "rounds": greedy.rounds, "proposals": greedy.proposals,
+            "seconds": seconds, "cpu_seconds": cpu_seconds, "rounds": greedy.rounds, "proposals": greedy.proposals,
             "flops": 2.0 * n * args.dim * greedy.proposals}
 
   def diagnose():
@@ -98,6 +116,15 @@ def run_case(args) -> dict:
     result["reference_s"] = time.perf_counter() - start
     result["same_set"] = bool(np.array_equal(np.sort(order), np.sort(expected)))
     result["order_mismatches"] = int(np.sum(order != expected))
+  if args.orders:
+    saved = os.path.join(args.orders, f"{n}_{classes}_{balance}_d{args.dim}_f{args.fraction}_tau{args.tau}_"
+                                      f"eta{args.eta}_m{args.modes}.npy")
+    if os.path.exists(saved):
+      result["same_picks"] = bool(np.array_equal(np.load(saved), order))
+    else:
+      os.makedirs(args.orders, exist_ok=True)
+      np.save(saved, order)
+      result["same_picks"] = "saved"
   result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
   return result
 
@@ -115,6 +142,7 @@ def main():
   parser.add_argument("--devices", type=int, default=1)
   parser.add_argument("--reference-max", type=int, default=10000)
   parser.add_argument("--diagnostic-sample", type=int, default=256)
+  parser.add_argument("--orders", help="folder of saved picks: save them, or check the same are picked")
   parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case and print its JSON
   args = parser.parse_args()
   if args.case:
@@ -124,19 +152,21 @@ def main():
 
   import jax
   from train_step import matmul_peak_flops
-  peak = matmul_peak_flops()
   device = jax.devices()[0]
   print(f"device: {device.platform} {device.device_kind}, {os.cpu_count()} CPUs; jax {jax.__version__}; "
-        f"float32 matmul peak {peak / 1e9:.1f} GFLOP/s; d={args.dim}, fraction={args.fraction}, tau={args.tau}, "
+        f"d={args.dim}, fraction={args.fraction}, tau={args.tau}, "
         f"eta={args.eta}, block={args.block_size}, max proposals={args.max_proposals}, diagnostics sample="
         f"{args.diagnostic_sample}; "
         f"load average {os.getloadavg()[0]:.2f}", flush=True)
   print("| N | classes | balance | k | compile s | greedy s | diagnostics s (% of greedy) | rounds | picks/round | "
-        "proposals/pick | GFLOP/s | % peak | peak RSS GiB | mean τ-neighbours | NumPy ref s | ref/jit | same set | "
-        "order diffs | load |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-  passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("cases", "case")]
+        "proposals/pick | GFLOP/s | matmul peak GFLOP/s | % peak | greedy CPU s | matmul peak GFLOP per CPU s | "
+        "% peak, CPU time | peak RSS GiB | mean τ-neighbours | NumPy ref s | ref/jit | same set | order diffs | "
+        "same picks as --orders | load |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+  passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+                 if k not in ("cases", "case") and v is not None]
   for case in args.cases.split(","):
+    peak, cpu_peak = matmul_peak_flops(), cpu_time_peak_flops()  # before each case: the load drifts
     out = subprocess.run([sys.executable, __file__, f"--case={case}", *passthrough], capture_output=True,
                          text=True)
     if out.returncode:
@@ -150,8 +180,11 @@ def main():
     print(f"| {r['n']} | {r['classes']} | {r['balance']} | {r['budget']} | {r['compile_s']:.1f} | "
           f"{r['seconds']:.1f} | {r['diagnostics_s']:.2f} ({100 * r['diagnostics_s'] / r['seconds']:.1f} %) | "
           f"{r['rounds']} | {r['budget'] / r['rounds']:.1f} | "
-          f"{r['proposals'] / r['budget']:.2f} | {achieved / 1e9:.1f} | {100 * achieved / peak:.0f} | "
-          f"{r['peak_rss_gib']:.2f} | {r['mean_neighbours']:.1f} | {reference} | {os.getloadavg()[0]:.2f} |",
+          f"{r['proposals'] / r['budget']:.2f} | {achieved / 1e9:.1f} | {peak / 1e9:.1f} | "
+          f"{100 * achieved / peak:.0f} | {r['cpu_seconds']:.1f} | {cpu_peak / 1e9:.1f} | "
+          f"{100 * r['flops'] / r['cpu_seconds'] / cpu_peak:.0f} | "
+          f"{r['peak_rss_gib']:.2f} | {r['mean_neighbours']:.1f} | {reference} | {r.get('same_picks', '–')} | "
+          f"{os.getloadavg()[0]:.2f} |",
           flush=True)
 
 

@@ -53,6 +53,7 @@ def make_config(args, learner: str):
   c = default_config()
   c.model.name = args.model
   c.model[args.model].width = args.width
+  c.model.dtype = args.dtype
   c.learner.name = learner
   c.batch_size = args.batch
   return c
@@ -148,6 +149,8 @@ def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--model", default="preact_resnet18", choices=["preact_resnet18", "resnet50"])
   p.add_argument("--width", type=int, default=64)
+  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                 help="config.model.dtype of the JAX step (the PyTorch reference stays float32)")
   p.add_argument("--batch", type=int, default=128)
   p.add_argument("--image", type=int, default=32)
   p.add_argument("--channels", type=int, default=3)
@@ -165,8 +168,8 @@ def main():
   peak = matmul_peak_flops()
   print(f"device: {device.platform} {device.device_kind}, {os.cpu_count()} CPUs; jax {jax.__version__}; measured "
         f"fp32 matmul peak {peak / 1e9:.1f} GFLOP/s; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; model "
-        f"{args.model} width {args.width}, batch {args.batch}, image {image_shape}; median of {args.repeats} runs "
-        f"of {args.steps} steps, interleaved; load average {os.getloadavg()[0]:.2f}", flush=True)
+        f"{args.model} width {args.width} {args.dtype}, batch {args.batch}, image {image_shape}; median of "
+        f"{args.repeats} runs of {args.steps} steps, interleaved; load average {os.getloadavg()[0]:.2f}", flush=True)
   if args.torch:
     import torch
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY="

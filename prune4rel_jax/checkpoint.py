@@ -1,4 +1,4 @@
-"""Checkpoints and the run directory's resume rules: orbax `CheckpointManager`s behind a small interface.
+"""Checkpoints: orbax `CheckpointManager`s behind a small interface.
 
 A checkpoint holds everything the rest of a run depends on:
   state   the learner state of the training phase (an opaque pytree: networks, BN statistics, optimiser,
@@ -16,38 +16,24 @@ Saves are asynchronous (orbax copies the arrays to host memory before `save` ret
 them) and collective over processes; orbax commits a checkpoint by renaming its temporary directory, so a save cut
 short by a kill is never listed, and a damaged committed one is set aside on restore. A checkpoint whose state has
 other arrays than the code builds (a renamed layer) is refused with an error, neither restored nor set aside.
-`WarmupCache` keeps finished warm-up networks that several runs share (a sweep's cells).
+The run directory's rules are in `rundir.py`, the shared warm-ups in `warmup_cache.py`.
 """
 
-import contextlib
 import dataclasses
-import fcntl
-import hashlib
-import json
-import os
-import shutil
-import signal
-import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from jax.experimental import multihost_utils
+from etils import epath
 
+from prune4rel_jax import parallel, rundir
 from prune4rel_jax.errors import UserError
-from prune4rel_jax.learners import LEARNERS
-from prune4rel_jax.reporting import atomic_write
+from prune4rel_jax.progress import LOG
 from prune4rel_jax.selection import SelectionInputs
 
-SUBDIR = "checkpoints"
 WARMUP_SUBDIR = "warmup"
-# Files a run writes into its directory (reporting.RunWriter); `--overwrite` removes exactly these.
-RUN_FILES = ("config.json", "metrics.jsonl", "selected_indices.npy", "summary.json", "curves.png", "selection.png")
-# Config sections that do not change results: a run may resume with different values.
-NOT_COMPARED = ("checkpoint", "loading")
 
 
 @dataclasses.dataclass
@@ -76,14 +62,13 @@ class Checkpoints:
 
   def __init__(self, workdir: str, cfg):
     self.cfg = cfg
-    self.directory = os.path.abspath(os.path.join(workdir, SUBDIR))
-    options = ocp.CheckpointManagerOptions(max_to_keep=cfg.keep, create=True, cleanup_tmp_directories=True,
-                                           enable_async_checkpointing=cfg.async_save)
-    self.manager, self.warmup = (
-        ocp.CheckpointManager(directory, options=options, item_handlers={  # handlers: item_metadata reads them
-            "state": ocp.StandardCheckpointHandler(), "arrays": ocp.StandardCheckpointHandler(),
-            "meta": ocp.JsonCheckpointHandler()})
-        for directory in (self.directory, os.path.join(self.directory, WARMUP_SUBDIR)))
+    self.directory = epath.Path(workdir) / rundir.CHECKPOINTS
+    if not rundir.is_remote(workdir):
+      self.directory = self.directory.absolute()
+    options = ocp.CheckpointManagerOptions(preservation_policy=ocp.checkpoint_managers.LatestN(cfg.keep),
+                                           cleanup_tmp_directories=True, enable_async_checkpointing=cfg.async_save)
+    self.manager, self.warmup = (ocp.CheckpointManager(directory, options=options, handler_registry=_handlers())
+                                 for directory in (self.directory, self.directory / WARMUP_SUBDIR))
 
   def due(self, epoch: int, epochs: int) -> bool:
     """Whether to save after (0-based) `epoch`: every `every_epochs` and at the end of the phase."""
@@ -114,7 +99,7 @@ class Checkpoints:
       except UserError:
         raise
       except Exception as e:  # noqa: BLE001  (as `restore_latest`)
-        print(f"warm-up checkpoint {step} is damaged ({type(e).__name__}); trying an older one", flush=True)
+        LOG.warning("warm-up checkpoint %d is damaged (%s); trying an older one", step, type(e).__name__)
         self._set_aside(step, self.warmup)
     return None
 
@@ -126,7 +111,7 @@ class Checkpoints:
     for name, value in arrays.items():
       run, field = name.split(".", 1)
       finished[int(run.removeprefix("run"))][field] = np.asarray(value)
-    target = _abstract(fresh_state())
+    target = abstract(fresh_state())
     _check_structure(self.warmup, step, target)
     state = self.warmup.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
     return WarmupSnapshot(run=restored.meta["run"], epoch=restored.meta["epoch"], state=state,
@@ -137,8 +122,9 @@ class Checkpoints:
     self.manager.wait_until_finished()
     self.warmup.wait_until_finished()
     if jax.process_index() == 0:
-      shutil.rmtree(os.path.join(self.directory, WARMUP_SUBDIR), ignore_errors=True)
-    _barrier("finish_warmup")
+      if (self.directory / WARMUP_SUBDIR).exists():
+        (self.directory / WARMUP_SUBDIR).rmtree()
+    parallel.barrier("finish_warmup")
     self.warmup.reload()
 
   def restore_latest(self, fresh_state: Callable[[int], Any]) -> Snapshot | None:
@@ -151,8 +137,8 @@ class Checkpoints:
       except UserError:
         raise
       except Exception as e:  # orbax/tensorstore raise many types for damaged files  # noqa: BLE001
-        print(f"checkpoint {step} in {self.directory} is damaged ({type(e).__name__}: "
-              f"{' '.join(str(e).split())[:200]}); trying an older one", flush=True)
+        LOG.warning("checkpoint %d in %s is damaged (%s: %s); trying an older one", step, self.directory,
+                    type(e).__name__, " ".join(str(e).split())[:200])
         self._set_aside(step)
     return None
 
@@ -172,7 +158,7 @@ class Checkpoints:
 
   def _restore(self, step: int, fresh_state: Callable[[int], Any]) -> Snapshot:
     inputs, arrays, meta = self._restore_arrays(step)
-    target = _abstract(fresh_state(len(arrays["selected"])))
+    target = abstract(fresh_state(len(arrays["selected"])))
     _check_structure(self.manager, step, target)
     state = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
     return Snapshot(epoch=meta["epoch"], state=state, selected=arrays["selected"], inputs=inputs,
@@ -181,9 +167,9 @@ class Checkpoints:
   def _set_aside(self, step: int, manager: ocp.CheckpointManager | None = None) -> None:
     manager = manager or self.manager
     if jax.process_index() == 0:
-      directory = str(manager.directory)
-      os.replace(os.path.join(directory, str(step)), os.path.join(directory, f"damaged_{step}"))
-    _barrier(f"set_aside_{step}")
+      directory = epath.Path(manager.directory)
+      (directory / str(step)).rename(directory / f"damaged_{step}")
+    parallel.barrier(f"set_aside_{step}")
     manager.reload()
 
   def close(self) -> None:
@@ -199,87 +185,20 @@ class Checkpoints:
     self.close()
 
 
-class WarmupCache:
-  """Finished warm-up runs shared by every run with the same warm-up (`warmup_identity`), e.g. the cells of a sweep
-  that differ only in selection method or fraction: the first one trains warm-up run r and stores its network (and
-  forgetting counters), the others restore it instead of training the same network again. Run r lives in
-  `root/<identity>/run<r>` (orbax) next to `run<r>.json` (its epoch records, written last: the entry is complete).
-
-  `claim(run)` serialises processes that share a cache (a sweep's `--jobs` workers) with a file lock, so one of
-  them trains a run while the others wait for it instead of training it again. Single-process runs only."""
-
-  POLL_SECONDS = 2.0
-
-  def __init__(self, root: str, config):
-    if jax.process_count() > 1:
-      raise UserError("a shared warm-up cache needs a single-process run; leave the warm-up cache out on "
-                      "multi-host runs")
-    identity = warmup_identity(config)
-    digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
-    self.directory = os.path.abspath(os.path.join(
-        root, f"{config.data.name}-{config.learner.name}-s{config.seed}-{digest}"))
-    os.makedirs(self.directory, exist_ok=True)
-    if not os.path.exists(os.path.join(self.directory, "identity.json")):  # for people; the digest is the key
-      with open(os.path.join(self.directory, "identity.json"), "w") as f:
-        json.dump(identity, f, indent=2, sort_keys=True)
-
-  def _path(self, run: int) -> str:
-    return os.path.join(self.directory, f"run{run}")
-
-  def load(self, run: int, fresh_state: Callable[[], Any]) -> tuple[Any, list[dict]] | None:
-    """(state, epoch records) of warm-up run `run`, or None if it is not stored (yet)."""
-    if not os.path.exists(self._path(run) + ".json"):
-      return None
-    with open(self._path(run) + ".json") as f:
-      records = json.load(f)
-    with ocp.StandardCheckpointer() as checkpointer:
-      state = checkpointer.restore(self._path(run), _abstract(fresh_state()))
-    return state, records
-
-  def store(self, run: int, state, records: list[dict]) -> None:
-    with ocp.StandardCheckpointer() as checkpointer:
-      checkpointer.save(self._path(run), state, force=True)
-      checkpointer.wait_until_finished()
-    with atomic_write(self._path(run) + ".json") as f:
-      json.dump(records, f)
-
-  @contextlib.contextmanager
-  def claim(self, run: int, stop: "StopOnSigterm"):
-    """Hold warm-up run `run`'s lock: wait while another process holds it (it is training that run). The lock is
-    an flock, so the system releases it when its holder dies, however it dies."""
-    with open(self._path(run) + ".lock", "a") as lock:
-      announced = False
-      while True:
-        try:
-          fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-          break
-        except BlockingIOError:
-          if stop.requested():
-            raise Preempted(f"stopped while waiting for warm-up run {run + 1} in {self.directory}; rerun the same "
-                            f"command to resume") from None
-          if not announced:
-            print(f"waiting for warm-up run {run + 1}, being trained by another process ({lock.name})", flush=True)
-            announced = True
-          time.sleep(self.POLL_SECONDS)
-      try:
-        yield
-      finally:
-        fcntl.flock(lock, fcntl.LOCK_UN)
+def _handlers() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
+  """The items of a save point; registered up front, so `item_metadata` can read a checkpoint not yet restored."""
+  registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+  for item, handler, args in (("state", ocp.StandardCheckpointHandler, (ocp.args.StandardSave,
+                                                                        ocp.args.StandardRestore)),
+                              ("arrays", ocp.StandardCheckpointHandler, (ocp.args.StandardSave,
+                                                                         ocp.args.StandardRestore)),
+                              ("meta", ocp.JsonCheckpointHandler, (ocp.args.JsonSave, ocp.args.JsonRestore))):
+    for arg in args:
+      registry.add(item, arg, handler)
+  return registry
 
 
-def warmup_identity(config) -> dict:
-  """What a warm-up network depends on: the whole config but the selection method (only its warm-up epochs count),
-  the other learners' sections, the hyperparameters of this learner that its warm-up does not read
-  (`Learner.warmup_hyperparameters`) and the sections that do not change results."""
-  identity = _comparable(json.loads(config.to_json_best_effort()))
-  name = config.learner.name
-  section, read = identity["learner"][name], LEARNERS.get(name).warmup_hyperparameters
-  identity["learner"] = {"name": name, name: section if read is None else {k: section[k] for k in read}}
-  identity["selection"] = {"warmup_epochs": config.selection.warmup_epochs}
-  return identity
-
-
-def _abstract(state):
+def abstract(state):
   """Shapes, dtypes and placement of `state`: the restore target, so restored arrays land where fresh ones do."""
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
 
@@ -308,89 +227,3 @@ def _check_structure(manager: ocp.CheckpointManager, step: int, target) -> None:
 def _array_fields(inputs: SelectionInputs) -> dict[str, np.ndarray]:
   return {f.name: getattr(inputs, f.name) for f in dataclasses.fields(inputs)
           if isinstance(getattr(inputs, f.name), np.ndarray)}
-
-
-# ---- the run directory ------------------------------------------------------------------------------------------
-def prepare_run_dir(workdir: str, config, existing: str = "auto") -> None:
-  """Decide what to do with a run directory that already holds a run. `existing`:
-    auto       resume if the stored config equals this one (outside `NOT_COMPARED`), refuse otherwise;
-    resume     resume whatever the stored config;
-    overwrite  delete the previous run's files and checkpoints and start afresh.
-  A stale `summary.json` is always removed first, so a result on disk is always the result of this config."""
-  if existing not in ("auto", "resume", "overwrite"):
-    raise ValueError(f"existing={existing!r}; expected auto, resume or overwrite")
-  stored_path = os.path.join(workdir, "config.json")
-  if existing == "overwrite":
-    if jax.process_index() == 0:
-      for name in RUN_FILES:
-        if os.path.exists(os.path.join(workdir, name)):
-          os.remove(os.path.join(workdir, name))
-      shutil.rmtree(os.path.join(workdir, SUBDIR), ignore_errors=True)
-  elif existing == "auto" and os.path.exists(stored_path):
-    with open(stored_path) as f:
-      stored = json.load(f)
-    current = json.loads(config.to_json_best_effort())
-    changed = _differences(_comparable(stored), _comparable(current))
-    if changed:
-      shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
-      raise UserError(f"run directory {workdir} holds a run with a different config ({shown}); pass --resume to "
-                      f"continue it with this config, --overwrite to start afresh, or choose another --workdir")
-  if jax.process_index() == 0 and os.path.exists(os.path.join(workdir, "summary.json")):
-    os.remove(os.path.join(workdir, "summary.json"))
-  _barrier("prepare_run_dir")
-
-
-def _comparable(config: dict) -> dict:
-  return {k: v for k, v in config.items() if k not in NOT_COMPARED}
-
-
-def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-  """Dotted names of the fields that differ, with both values."""
-  changed = []
-  for key in sorted(set(old) | set(new)):
-    a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
-    if isinstance(a, dict) and isinstance(b, dict):
-      changed += _differences(a, b, f"{prefix}{key}.")
-    elif a != b:
-      changed.append(f"{prefix}{key}: {a!r} -> {b!r}")
-  return changed
-
-
-def _barrier(name: str) -> None:
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(name)
-
-
-# ---- preemption ---------------------------------------------------------------------------------------------
-class Preempted(Exception):
-  """SIGTERM arrived; the run saved a checkpoint and stopped. Rerunning the same command resumes it."""
-
-
-class StopOnSigterm:
-  """Turns SIGTERM (what SLURM and cloud preemption send first) into a flag that the epoch loop reads, so the
-  run saves a checkpoint at the end of the current epoch and exits instead of dying mid-way. Signal handlers
-  can only be installed from the main thread; elsewhere this is inert."""
-
-  def __init__(self):
-    self.received = False
-    self._previous = None
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    return self
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    print("SIGTERM: saving a checkpoint at the end of this epoch, then stopping", flush=True)
-    self.received = True
-
-  def requested(self) -> bool:
-    """True on every process as soon as any process received SIGTERM (all must save and stop together)."""
-    if jax.process_count() == 1:
-      return self.received
-    return bool(np.any(multihost_utils.process_allgather(np.asarray(self.received))))

@@ -1,9 +1,10 @@
 """The full default configuration and its validation.
 
 Every experiment config (`configs/*.py`) starts from `default_config()` and changes what differs, so every field
-exists in every config and can be overridden from the command line (`--config.selection.fraction=0.4`). Learners
-and selection methods contribute their own sections (`config.learner.<name>`, `config.selection.<name>`) through
-their `defaults()`. Defaults equal the original's (`arguments.py` of kaist-dmlab/Prune4Rel, CIFAR scripts).
+exists in every config and can be overridden from the command line (`--config.selection.fraction=0.4`). Models,
+learners and selection methods contribute their own sections (`config.model.<name>`, `config.learner.<name>`,
+`config.selection.<name>`) through their `defaults()`. Defaults equal the original's (`arguments.py` of
+kaist-dmlab/Prune4Rel, CIFAR scripts).
 """
 
 import ast
@@ -14,7 +15,7 @@ import ml_collections
 from prune4rel_jax.data import DATASETS
 from prune4rel_jax.errors import UserError
 from prune4rel_jax.learners import LEARNERS
-from prune4rel_jax.models import MODELS
+from prune4rel_jax.models import DTYPES, MODELS
 from prune4rel_jax.optim import SCHEDULES
 from prune4rel_jax.selection import METHODS
 
@@ -42,12 +43,12 @@ def default_config() -> ml_collections.ConfigDict:
       cutout=16,             # strong view (SOP+, Prune4ReL scoring): Cutout side in pixels, 0 = none
   ))
 
-  c.model = ml_collections.ConfigDict(dict(
-      name="preact_resnet18",
-      small_cnn=dict(width=32, stages=2),
-      preact_resnet18=dict(width=64),
-      resnet50=dict(width=64),
-  ))
+  # dtype: computation dtype, float32 | bfloat16 (parameters, BatchNorm statistics, logits and losses stay float32).
+  c.model = ml_collections.ConfigDict({"name": "preact_resnet18", "dtype": "float32"})
+  for name in MODELS.names():
+    # A model without options gets no empty section, so configs stored by earlier runs still compare equal on resume.
+    if options := MODELS.get(name).defaults():
+      c.model[name] = options
 
   c.optim = ml_collections.ConfigDict(dict(
       lr=0.02, momentum=0.9, nesterov=True, weight_decay=5e-4,
@@ -76,6 +77,8 @@ def default_config() -> ml_collections.ConfigDict:
       workers=0,             # grain worker processes that load and augment training batches (0: this process)
       read_threads=1,        # grain read threads per process (the views hold the GIL: threads gain 5-15 %)
       prefetch=2,            # batches buffered ahead per process
+      device_views=False,    # make the training views (weak, SOP+'s strong) in the jitted step on the accelerator
+                             # instead of on the host in Pillow (data/device_augment.py): same operations, other draws
   ))
 
   c.checkpoint = ml_collections.ConfigDict(dict(
@@ -88,10 +91,14 @@ def default_config() -> ml_collections.ConfigDict:
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Reject values the pipeline cannot run with, naming the field; called before any work starts."""
-  DATASETS.get(config.data.name)
-  MODELS.get(config.model.name)
-  LEARNERS.get(config.learner.name)
-  METHODS.get(config.selection.name)
+  for field, value, allowed in (("data.name", config.data.name, DATASETS.names()),
+                                ("model.name", config.model.name, MODELS.names()),
+                                ("model.dtype", config.model.dtype, DTYPES),
+                                ("learner.name", config.learner.name, LEARNERS.names()),
+                                ("selection.name", config.selection.name, METHODS.names()),
+                                ("optim.schedule", config.optim.schedule, SCHEDULES)):
+    if value not in allowed:
+      raise UserError(f"{field}={value!r}; expected one of {', '.join(allowed)}")
   if not 0.0 < config.selection.fraction <= 1.0:
     raise UserError(f"selection.fraction={config.selection.fraction} must lie in (0, 1]")
   if not 0.0 <= config.data.noise_rate <= 1.0:
@@ -103,8 +110,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
                        ("data.crop_padding", config.data.crop_padding), ("data.cutout", config.data.cutout)):
     if value < 0:
       raise UserError(f"{field}={value} must be >= 0")
-  if config.optim.schedule not in SCHEDULES:
-    raise UserError(f"optim.schedule={config.optim.schedule!r}; expected one of {SCHEDULES}")
   if config.checkpoint.every_epochs < 0 or config.checkpoint.keep < 1:
     raise UserError(f"checkpoint.every_epochs={config.checkpoint.every_epochs} must be >= 0 and "
                     f"checkpoint.keep={config.checkpoint.keep} >= 1")

@@ -14,6 +14,7 @@ The report gives the Jaccard overlap of the two subsets, what only one side pick
 and, when `selected.npy` is in pick order, the first position where the two orders differ and how many do.
 """
 
+import functools
 import json
 
 import numpy as np
@@ -45,9 +46,22 @@ def compare(ours: np.ndarray, theirs: np.ndarray, labels: np.ndarray, num_classe
   return report
 
 
-def crosscheck(config, directory: str) -> dict:
+def _check_writable(path: str) -> None:
+  """Refuse a report path that cannot be written now, not after the selection has run: open it for appending
+  (which creates it, but never truncates what is there)."""
+  try:
+    with open(path, "a"):
+      pass
+  except OSError as e:
+    raise UserError(f"--report={path!r} cannot be written ({e.strerror})") from None
+
+
+def crosscheck(config, directory: str, report_path: str | None = None) -> dict:
+  """Our selection on the export in `directory`, compared with the original's; also written to `report_path`."""
   from prune4rel_jax import parallel
   from prune4rel_jax.selection import METHODS, budget_for
+  if report_path:
+    _check_writable(report_path)
   arrays = exports.load(directory, also_required=("selected",))
   inputs = exports.selection_inputs(arrays)
   method = METHODS.get(config.selection.name)(config.selection, parallel.make_mesh(), config.seed)
@@ -62,21 +76,20 @@ def crosscheck(config, directory: str) -> dict:
   ours = np.asarray(method.select(inputs, budget), np.int64)
   report = {"method": method.name, "n": len(inputs.labels), "budget": budget,
             **compare(ours, np.asarray(arrays["selected"], np.int64), inputs.labels, inputs.num_classes)}
+  if report_path:
+    with open(report_path, "w") as f:
+      f.write(json.dumps(report, indent=2) + "\n")
   return report
 
 
 def main(argv):
   del argv
   try:
-    report = crosscheck(CONFIG.value, _EXPORT.value)
+    report = crosscheck(CONFIG.value, _EXPORT.value, _REPORT.value)
   except UserError as e:
     fail(str(e))
-  text = json.dumps(report, indent=2)
-  print(text)
-  if _REPORT.value:
-    with open(_REPORT.value, "w") as f:
-      f.write(text + "\n")
+  print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=functools.partial(parse_flags, usage=__doc__))

@@ -6,14 +6,17 @@ import numpy as np
 from prune4rel_jax import parallel
 from prune4rel_jax.data import pipeline
 from prune4rel_jax.learners import Learner
+from prune4rel_jax.progress import Progress
 
 
 def predict_dataset(learner: Learner, state, images, indices: np.ndarray, batch_size: int,
-                    view: pipeline.View | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+                    view: pipeline.View | None = None, seed: int = 0, desc: str = "predict") -> dict[str, np.ndarray]:
   """`logits` and `features` of every example in `indices` (in that order), from one jitted, data-parallel,
-  evaluation-mode pass; `view` optionally augments the images first (Prune4ReL scores a strong view)."""
+  evaluation-mode pass with a progress line (`desc`); `view` optionally augments the images first (Prune4ReL
+  scores a strong view)."""
   logits, features = [], []
   sync = parallel.must_sync_each_step(learner.mesh)
+  progress = Progress(-(-len(indices) // batch_size), desc, unit="batch")
   for batch in pipeline.eval_batches(images, indices, batch_size, view, seed):
     global_batch = parallel.to_global(learner.mesh, {"image": batch["image"]})
     out_logits, out_features = learner.predict_batch(state, global_batch["image"])
@@ -21,6 +24,7 @@ def predict_dataset(learner: Learner, state, images, indices: np.ndarray, batch_
       jax.block_until_ready(out_logits)
     logits.append(parallel.to_host(out_logits))
     features.append(parallel.to_host(out_features))
+    progress.update()
   n = len(indices)
   return {"logits": np.concatenate(logits)[:n], "features": np.concatenate(features)[:n]}
 
@@ -29,7 +33,8 @@ def accuracy(learner: Learner, state, images, labels: np.ndarray, batch_size: in
              view: pipeline.View | None = None) -> float:
   """Top-1 accuracy of `state` on (images, labels), e.g. the clean test split; `view` is the test transform
   (`make_view("test")`: the central crop of the 224-px datasets, None for the others)."""
-  logits = predict_dataset(learner, state, images, np.arange(len(labels)), batch_size, view)["logits"]
+  logits = predict_dataset(learner, state, images, np.arange(len(labels)), batch_size, view,
+                           desc="test accuracy")["logits"]
   return float((logits.argmax(-1) == labels).mean())
 
 
@@ -44,7 +49,7 @@ def relabeling(learner: Learner, state, dataset, selected: np.ndarray, batch_siz
     return {"relabel_accuracy": None, "relabel_accuracy_subset": None, "noisy_subset_corrected": None}
   clean = dataset.train_clean_labels
   predicted = predict_dataset(learner, state, dataset.train_images, np.arange(len(clean)), batch_size,
-                              view)["logits"].argmax(-1)
+                              view, desc="re-labeling accuracy")["logits"].argmax(-1)
   right = predicted == clean
   noisy_in_subset = selected[noisy[selected]]
   return {"relabel_accuracy": float(right.mean()), "relabel_accuracy_subset": float(right[selected].mean()),

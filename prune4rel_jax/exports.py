@@ -9,6 +9,7 @@ An export is a directory of `.npy` files:
 """
 
 import os
+import textwrap
 
 import numpy as np
 
@@ -31,10 +32,7 @@ def load(directory: str, also_required: tuple[str, ...] = ()) -> dict[str, np.nd
       if name in needed:
         raise UserError(f"{path} does not exist; the export needs {', '.join(f + '.npy' for f in needed)}")
       continue
-    try:
-      arrays[name] = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
-      raise UserError(f"{path} is not a numeric .npy array ({' '.join(str(e).split())[:120]})") from None
+    arrays[name] = _read(path)
     if arrays[name].dtype.kind not in "biuf" or arrays[name].size == 0:
       raise UserError(f"{path} must hold a non-empty numeric array, not {arrays[name].dtype} {arrays[name].shape}")
   probs, embeddings, labels = (arrays[name] for name in REQUIRED)
@@ -58,6 +56,17 @@ def load(directory: str, also_required: tuple[str, ...] = ()) -> dict[str, np.nd
                                or selected.max() >= n):
     raise UserError(f"{directory}/selected.npy must hold distinct integer indices in [0, {n})")
   return arrays
+
+
+def _read(path: str) -> np.ndarray:
+  """The array of one .npy file. Only the .npy format is read (`np.load` would return an .npz archive, and raise
+  EOFError on an empty file); anything else, pickled objects and a header claiming more than memory holds included,
+  is a one-line `UserError`."""
+  try:
+    with open(path, "rb") as f:
+      return np.lib.format.read_array(f, allow_pickle=False)
+  except (ValueError, OSError, MemoryError) as e:
+    raise UserError(f"{path} cannot be read as a numeric .npy array ({textwrap.shorten(str(e), 120)})") from None
 
 
 def selection_inputs(arrays: dict[str, np.ndarray]):

@@ -1,18 +1,24 @@
-"""Command line: `prune4rel --config configs/quickstart.py [--config.selection.fraction=0.4] [--workdir DIR]`.
+"""prune4rel: noisy labels → warm-up → selection → re-labeling training → clean test accuracy, in one run directory.
 
-Kept short on purpose: everything happens in `train.train_and_evaluate`. Bad input (`UserError`, an unknown or
-mistyped config field) ends with one `error:` line and exit status 2.
+  prune4rel --config configs/quickstart.py [--config.selection.fraction=0.4] [--workdir DIR] [--resume|--overwrite]
+
+Everything happens in `train.train_and_evaluate`. Bad input (a `UserError`, an unknown or mistyped config field)
+ends with one `error:` line and exit status 2; SIGTERM saves a checkpoint and exits 143 (rerun to resume).
+`prune4rel --config FILE --help` also lists every field of that config.
 """
 
+import functools
 import json
 import os
 import sys
 import time
 
+import jax
 from absl import app, flags
 
 from prune4rel_jax.cli import CONFIG, fail, parse_flags
 from prune4rel_jax.errors import UserError
+from prune4rel_jax.progress import LOG
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (default: runs/<dataset>-<method>-<learner>-<time>)")
 _RESUME = flags.DEFINE_bool("resume", False, "resume the run in --workdir even if its config differs from this one")
@@ -35,7 +41,7 @@ def main(argv):
   if _RESUME.value and _OVERWRITE.value:
     fail("--resume and --overwrite exclude each other")
   initialize_distributed()
-  from prune4rel_jax.checkpoint import Preempted
+  from prune4rel_jax.rundir import Preempted
   from prune4rel_jax.train import train_and_evaluate  # imported after flag parsing: JAX starts here
 
   config = CONFIG.value
@@ -46,10 +52,11 @@ def main(argv):
   except UserError as e:
     fail(str(e))
   except Preempted as e:
-    print(f"preempted: {e}", file=sys.stderr)
+    LOG.warning("preempted: %s", e)
     sys.exit(143)  # 128 + SIGTERM, what schedulers expect from a job that stopped on SIGTERM
-  print(json.dumps(summary, indent=2))
-  print(f"clean test accuracy: {summary['test_accuracy']:.4f}  (run directory: {workdir})")
+  if jax.process_index() == 0:  # the command's result, on stdout: once, not once per host
+    print(json.dumps(summary, indent=2))
+    print(f"clean test accuracy: {summary['test_accuracy']:.4f}  (run directory: {workdir})")
 
 
 def initialize_distributed() -> None:
@@ -58,8 +65,6 @@ def initialize_distributed() -> None:
   JAX_COORDINATOR_ADDRESS (host:port of process 0), PRUNE4REL_NUM_PROCESSES and PRUNE4REL_PROCESS_ID say them."""
   if os.environ.get("PRUNE4REL_DISTRIBUTED", "0") != "1":
     return
-  import jax
-
   explicit = {}
   for name, env in (("num_processes", "PRUNE4REL_NUM_PROCESSES"), ("process_id", "PRUNE4REL_PROCESS_ID")):
     if os.environ.get(env):
@@ -68,9 +73,9 @@ def initialize_distributed() -> None:
       except ValueError:
         fail(f"{env}={os.environ[env]!r} must be an integer")
   jax.distributed.initialize(**explicit)
-  print(f"process {jax.process_index()}/{jax.process_count()}: {jax.local_device_count()} local of "
-        f"{jax.device_count()} devices", flush=True)
+  LOG.info("%d processes, %d devices (%d on process 0)", jax.process_count(), jax.device_count(),
+           jax.local_device_count())
 
 
 def run():
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=functools.partial(parse_flags, usage=__doc__))

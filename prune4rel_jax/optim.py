@@ -6,7 +6,7 @@ host at the start of each epoch (`with_learning_rate`), which also serves learne
 epoch varies (DivideMix).
 """
 
-import math
+import collections
 
 import jax.numpy as jnp
 import optax
@@ -27,14 +27,28 @@ def make_optimizer(cfg) -> optax.GradientTransformation:
 
 
 def learning_rate(cfg, epoch: int, total_epochs: int) -> float:
-  """The lr of `epoch` (0-based): CosineAnnealingLR(T_max=total_epochs, eta_min=min_lr), MultiStepLR(milestones,
-  gamma) or constant, each stepped per epoch as in PyTorch."""
+  """The lr of `epoch` (0-based), set on the host once per epoch. optax evaluates it in float32, the dtype the
+  optimiser state holds it in, so it equals PyTorch's float64 closed forms to float32 rounding."""
+  return float(_schedule(cfg, total_epochs)(epoch))
+
+
+def _schedule(cfg, total_epochs: int) -> optax.Schedule:
+  """CosineAnnealingLR(T_max=total_epochs, eta_min=min_lr), MultiStepLR(milestones, gamma) or constant, each
+  stepped per epoch as in PyTorch.
+
+  On every training epoch these equal PyTorch's closed forms: optax's cosine is lr·((1 − α)·c + α) =
+  min_lr + (lr − min_lr)·c for α = min_lr / lr (config.validate rejects lr <= 0), and its piecewise constant
+  applies a factor from the epoch equal to the milestone on, a repeated milestone twice, as MultiStepLR does.
+  Past T_max, reached only by a warm-up longer than `epochs`, optax holds min_lr where PyTorch's cosine would
+  rise again.
+  """
   if cfg.schedule == "cosine":
-    return cfg.min_lr + (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * epoch / max(total_epochs, 1))) / 2
+    return optax.cosine_decay_schedule(cfg.lr, max(total_epochs, 1), alpha=cfg.min_lr / cfg.lr)
   if cfg.schedule == "multistep":
-    return cfg.lr * cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+    counts = collections.Counter(cfg.milestones)
+    return optax.piecewise_constant_schedule(cfg.lr, {m: cfg.gamma ** n for m, n in counts.items()})
   if cfg.schedule == "constant":
-    return cfg.lr
+    return optax.constant_schedule(cfg.lr)
   raise UserError(f"optim.schedule={cfg.schedule!r}; expected one of {SCHEDULES}")
 
 

@@ -1,26 +1,23 @@
 """Name → implementation registries, so configs select datasets, models, learners and methods by string."""
 
-from typing import Callable, TypeVar
+from collections.abc import Mapping
 
 from prune4rel_jax.errors import UserError
 
-T = TypeVar("T")
-
 
 class Registry:
-  """A named table of implementations; unknown names fail with the list of known ones."""
+  """A named table of implementations, built from one `name → implementation` mapping in the package that defines
+  them; unknown names fail with the list of known ones."""
 
-  def __init__(self, kind: str):
+  def __init__(self, kind: str, entries: Mapping[str, object]):
     self.kind = kind
-    self._entries: dict[str, object] = {}
+    self._entries = dict(entries)
 
-  def register(self, name: str) -> Callable[[T], T]:
-    def add(obj: T) -> T:
-      if name in self._entries:
-        raise ValueError(f"{self.kind} {name!r} is registered twice")
-      self._entries[name] = obj
-      return obj
-    return add
+  def add(self, name: str, obj: object) -> None:
+    """One more entry from outside the package (a test's dataset or method)."""
+    if name in self._entries:
+      raise ValueError(f"{self.kind} {name!r} is registered twice")
+    self._entries[name] = obj
 
   def get(self, name: str):
     if name not in self._entries:

@@ -12,30 +12,31 @@ Only process 0 writes.
 
 import contextlib
 import json
-import os
 
 import jax
 import numpy as np
+from etils import epath
+
+from prune4rel_jax.progress import LOG
 
 
 class RunWriter:
   def __init__(self, workdir: str, config):
-    self.workdir = workdir
+    self.workdir = epath.Path(workdir)
     self.enabled = jax.process_index() == 0
     self.records: list[dict] = []
     if self.enabled:
-      os.makedirs(workdir, exist_ok=True)
-      with open(self.path("config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-      open(self.path("metrics.jsonl"), "w").close()
+      self.workdir.mkdir(parents=True, exist_ok=True)
+      self.path("config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+      self.path("metrics.jsonl").write_text("")
 
-  def path(self, name: str) -> str:
-    return os.path.join(self.workdir, name)
+  def path(self, name: str) -> epath.Path:
+    return self.workdir / name
 
   def log(self, record: dict) -> None:
     self.records.append(record)
     if self.enabled:
-      with open(self.path("metrics.jsonl"), "a") as f:
+      with self.path("metrics.jsonl").open("a") as f:
         f.write(json.dumps(record) + "\n")
 
   def restore(self, records: list[dict]) -> None:
@@ -44,6 +45,11 @@ class RunWriter:
     if self.enabled:
       with atomic_write(self.path("metrics.jsonl")) as f:
         f.writelines(json.dumps(r) + "\n" for r in self.records)
+
+  def drop_last(self, epochs: int) -> None:
+    """Forget the last `epochs` records (a resumed run replaces them)."""
+    if epochs:
+      self.restore(self.records[:len(self.records) - epochs])
 
   def save_selection(self, indices: np.ndarray) -> None:
     if self.enabled:
@@ -54,11 +60,11 @@ class RunWriter:
     """Print a selection method's report (its line and any warning), plot it; its JSON summary, or None."""
     if report is None:
       return None
+    LOG.info(report.line())
+    if report.warning():
+      LOG.warning(report.warning())
     if self.enabled:
-      print(report.line(), flush=True)
-      if report.warning():
-        print(report.warning(), flush=True)
-      report.plot(self.path("selection.png"))
+      save_figure(report.figure(), self.path("selection.png"))
     return report.summary
 
   def finish(self, summary: dict) -> None:
@@ -70,12 +76,23 @@ class RunWriter:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str, mode: str = "w"):
-  """Write to a temporary file beside `path`, then rename it over `path`: readers never see half a file."""
-  tmp = f"{path}.tmp"
-  with open(tmp, mode) as f:
+def atomic_write(path, mode: str = "w"):
+  """Write to a temporary file beside `path` (any epath), then rename it over `path`: readers never see half a
+  file (on object stores, where a rename is a copy, they never see one that is still being written)."""
+  path = epath.Path(path)
+  tmp = path.with_name(path.name + ".tmp")
+  with tmp.open(mode) as f:
     yield f
-  os.replace(tmp, path)
+  tmp.replace(path)
+
+
+def save_figure(fig, path) -> None:
+  """A matplotlib figure as PNG at any epath (matplotlib itself opens local paths only), then closed."""
+  import matplotlib.pyplot as plt
+
+  with epath.Path(path).open("wb") as f:
+    fig.savefig(f, format="png", dpi=100)
+  plt.close(fig)
 
 
 def plot_curves(records: list[dict], path: str) -> None:
@@ -102,5 +119,4 @@ def plot_curves(records: list[dict], path: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  save_figure(fig, path)

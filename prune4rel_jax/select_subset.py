@@ -13,15 +13,17 @@ For each τ it prints the diagnostics line (`selection/diagnostics.py`) and the 
 writes per τ the subset in pick order (`tau=<value>.npy`) and all the diagnostics (`diagnostics.json`).
 """
 
+import functools
 import json
 import os
 import time
 
 import numpy as np
 from absl import app, flags
+from etils import epath
 
 from prune4rel_jax import exports
-from prune4rel_jax.cli import fail, parse_plain_flags
+from prune4rel_jax.cli import fail, parse_flags
 from prune4rel_jax.errors import UserError
 
 _RUN = flags.DEFINE_string("run", None, "a prune4rel run directory (its newest checkpoint holds the warm-up outputs)")
@@ -52,11 +54,10 @@ def from_run(workdir: str):
 
   from prune4rel_jax import checkpoint
   from prune4rel_jax.data import load_dataset
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
+  path = epath.Path(workdir) / "config.json"
+  if not path.is_file():
     raise UserError(f"--run={workdir!r} holds no config.json; expected a prune4rel run directory")
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = ml_collections.ConfigDict(json.loads(path.read_text()))
   with checkpoint.Checkpoints(workdir, config.checkpoint) as checkpoints:
     inputs = checkpoints.restore_inputs()
   if inputs is None or inputs.features is None or inputs.logits is None:
@@ -130,7 +131,7 @@ def _number(text):
 
 
 def run():
-  app.run(main, flags_parser=parse_plain_flags)
+  app.run(main, flags_parser=functools.partial(parse_flags, usage=__doc__, needs_config=False))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ Config overrides (`--config.epochs=50`) apply to every cell. A config file that 
 
 The cells of one noise setting, learner and seed differ only in what is selected, not in the warm-up network it is
 selected with: that warm-up is trained once and restored by the other cells (`WORKDIR/warmups`,
-`checkpoint.WarmupCache`; `--noshare_warmups` trains it in every cell).
+`warmup_cache.WarmupCache`; `--noshare_warmups` trains it in every cell).
 
 `--jobs N` runs N cells at a time, each worker a process of its own (logs in `workdir/worker<k>.log`): small cells
 leave a large accelerator mostly idle, and N of them share it (and the host's cores, which feed them data). Cells run
@@ -26,6 +26,7 @@ seed by seed, the largest fraction first, so that a sweep cut short holds whole 
 another worker is training waits for it.
 """
 
+import functools
 import glob
 import importlib.util
 import inspect
@@ -39,10 +40,10 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-from prune4rel_jax.checkpoint import Preempted
 from prune4rel_jax.cli import CONFIG, fail, parse_flags
-from prune4rel_jax.errors import UserError
 from prune4rel_jax.config import method_variant
+from prune4rel_jax.errors import UserError
+from prune4rel_jax.rundir import Preempted
 from prune4rel_jax.sweep_report import FIELDS, plot, read_table, write_tables
 from prune4rel_jax.train import train_and_evaluate
 
@@ -183,7 +184,7 @@ def run_workers(jobs: int, workdir: str, dirs: list[str]) -> None:
                                       stdout=log, stderr=subprocess.STDOUT, env=env))
   print(f"[sweep] {len(pending)} of {len(dirs)} cells to run on {jobs} workers (logs: {workdir}/worker*.log)",
         flush=True)
-  # Not checkpoint.StopOnSigterm: its multi-host check would start a JAX backend here, which holds accelerator
+  # Not rundir.StopOnSigterm: its multi-host check would start a JAX backend here, which holds accelerator
   # memory that the workers need.
   stopping = []
   previous = signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
@@ -277,4 +278,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=functools.partial(parse_flags, usage=__doc__))

@@ -119,16 +119,16 @@ def test_grad_norms_match_the_closed_form_of_the_last_layer_gradient():
   inputs = _inputs()
   residual = _softmax(inputs.logits) - np.eye(C)[inputs.labels]
   expected = np.linalg.norm(residual, axis=1) * np.sqrt(1 + (inputs.features**2).sum(1))
-  got = records.map_examples(records.grad_norms, MESH, inputs.logits, inputs.features, inputs.labels)
+  got = parallel.map_examples(records.grad_norms, MESH, inputs.logits, inputs.features, inputs.labels)
   np.testing.assert_allclose(got, expected, rtol=1e-5)
-  np.testing.assert_allclose(records.map_examples(records.error_norms, MESH, inputs.logits, inputs.labels),
+  np.testing.assert_allclose(parallel.map_examples(records.error_norms, MESH, inputs.logits, inputs.labels),
                              np.linalg.norm(residual, axis=1), rtol=1e-5)
 
 
 def test_map_examples_pads_and_trims_uneven_chunks(monkeypatch):
-  monkeypatch.setattr(records, "CHUNK_FLOATS", 16)  # 16 rows per chunk of 1-float rows: 60 = 16+16+16+12
+  monkeypatch.setattr(parallel, "CHUNK_FLOATS", 16)  # 16 rows per chunk of 1-float rows: 60 = 16+16+16+12
   x = np.arange(N, dtype=np.float32)
-  np.testing.assert_array_equal(records.map_examples(lambda v: v * 2, MESH, x[:, None])[:, 0], x * 2)
+  np.testing.assert_array_equal(parallel.map_examples(lambda v: v * 2, MESH, x[:, None])[:, 0], x * 2)
 
 
 def _forgetting_reference(batches, n):

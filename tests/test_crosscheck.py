@@ -4,6 +4,7 @@ and embeddings and reports full overlap, then the exact overlap of a deliberatel
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -11,7 +12,9 @@ import numpy as np
 import pytest
 
 from prune4rel_jax import crosscheck
+from prune4rel_jax.errors import UserError
 from prune4rel_jax.selection.prune4rel import confidence
+from test_end_to_end import quickstart_config
 from test_prune4rel import reference_greedy
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,3 +80,12 @@ def test_an_altered_export_and_bad_exports_are_reported(tmp_path):
   out = _run(tmp_path / "export")
   assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].startswith("error:")
   assert "embeddings.npy does not exist" in out.stderr
+
+
+@pytest.mark.parametrize("report", ["missing_dir/report.json", "."], ids=["parent_missing", "a_directory"])
+def test_an_unwritable_report_is_refused_before_the_export_is_read(tmp_path, report):
+  """Before, the report was opened after the selection, and an unwritable path ended that work in a traceback.
+  (The export does not exist: the report's error coming first shows nothing else ran.)"""
+  path = str(tmp_path / report)
+  with pytest.raises(UserError, match=f"^--report={re.escape(repr(path))} cannot be written"):
+    crosscheck.crosscheck(quickstart_config(), str(tmp_path / "no_export"), path)

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from prune4rel_jax import testing
 from prune4rel_jax.config import default_config
-from prune4rel_jax.data import augment, cifar, fakes, fashion_mnist, load_dataset, pipeline, tfds_data
+from prune4rel_jax.data import augment, cifar, fashion_mnist, load_dataset, pipeline, tfds_data
 from prune4rel_jax.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,7 +50,7 @@ def _stream(dataset, views, batch_size=4, steps=2):
 # ---- CIFAR-10/100 and CIFAR-N ---------------------------------------------------------------------------------
 
 def test_cifar10_builds_reads_back_and_streams_through_grain(tmp_path):
-  written = fakes.write_cifar10(tmp_path / "c10")
+  written = testing.write_cifar10(tmp_path / "c10")
   dataset = load_dataset(_cfg(tmp_path, "cifar10", tmp_path / "c10"))
   np.testing.assert_array_equal(dataset.train_images, written["train_images"])
   np.testing.assert_array_equal(dataset.test_images, written["test_images"])
@@ -68,10 +69,10 @@ def test_cifar10_builds_reads_back_and_streams_through_grain(tmp_path):
 
 @pytest.mark.parametrize("ext", [".pt", ".npz", ".json"])
 def test_cifar10n_noise_type_picks_its_human_label_set(tmp_path, ext):
-  written = fakes.write_cifar10(tmp_path / "c10")
-  labels = fakes.cifar_n_labels(written["train_labels"], tuple(cifar.CIFAR10N_KEYS.values()), 10)
+  written = testing.write_cifar10(tmp_path / "c10")
+  labels = testing.cifar_n_labels(written["train_labels"], tuple(cifar.CIFAR10N_KEYS.values()), 10)
   path = str(tmp_path / "c10" / "CIFAR-10_human") + ext
-  fakes.write_torch_save(path, labels) if ext == ".pt" else fakes.write_label_export(path, labels)
+  testing.write_torch_save(path, labels) if ext == ".pt" else testing.write_label_export(path, labels)
   for noise_type, key in cifar.CIFAR10N_KEYS.items():
     dataset = load_dataset(_cfg(tmp_path, "cifar10", tmp_path / "c10", noise_type=noise_type))
     np.testing.assert_array_equal(dataset.train_labels, labels[key])
@@ -81,15 +82,15 @@ def test_cifar10n_noise_type_picks_its_human_label_set(tmp_path, ext):
 
 def test_cifar_n_pt_with_tensors_is_read_with_torch(tmp_path):
   torch = pytest.importorskip("torch", reason="PyTorch (the optional 'torch' extra) is not installed")
-  written = fakes.write_cifar10(tmp_path / "c10")
-  labels = fakes.cifar_n_labels(written["train_labels"], ("worse_label",), 10)
+  written = testing.write_cifar10(tmp_path / "c10")
+  labels = testing.cifar_n_labels(written["train_labels"], ("worse_label",), 10)
   torch.save({k: torch.from_numpy(v) for k, v in labels.items()}, tmp_path / "c10" / "CIFAR-10_human.pt")
   dataset = load_dataset(_cfg(tmp_path, "cifar10", tmp_path / "c10", noise_type="worst"))
   np.testing.assert_array_equal(dataset.train_labels, labels["worse_label"])
 
 
 def test_cifar10_synthetic_asym_uses_the_original_bidirectional_map(tmp_path):
-  written = fakes.write_cifar10(tmp_path / "c10")
+  written = testing.write_cifar10(tmp_path / "c10")
   dataset = load_dataset(_cfg(tmp_path, "cifar10", tmp_path / "c10", noise_type="asym", noise_rate=1.0))
   pairs = {0: 2, 2: 0, 4: 7, 7: 4, 1: 9, 9: 1, 3: 5, 5: 3, 6: 8, 8: 6}
   expected = np.array([pairs[y] for y in written["train_labels"]])
@@ -98,9 +99,9 @@ def test_cifar10_synthetic_asym_uses_the_original_bidirectional_map(tmp_path):
 
 
 def test_cifar100_human_labels_and_superclass_asym_map(tmp_path):
-  written = fakes.write_cifar100(tmp_path / "c100")
-  labels = fakes.cifar_n_labels(written["train_labels"], ("noisy_label",), 100)
-  fakes.write_torch_save(str(tmp_path / "c100" / "CIFAR-100_human.pt"), labels)
+  written = testing.write_cifar100(tmp_path / "c100")
+  labels = testing.cifar_n_labels(written["train_labels"], ("noisy_label",), 100)
+  testing.write_torch_save(str(tmp_path / "c100" / "CIFAR-100_human.pt"), labels)
   human = load_dataset(_cfg(tmp_path, "cifar100", tmp_path / "c100", noise_type="noisy"))
   np.testing.assert_array_equal(human.train_labels, labels["noisy_label"])
   np.testing.assert_array_equal(human.test_images, written["test_images"])
@@ -140,7 +141,7 @@ def test_real_cifar_n_label_files(tmp_path):
 # ---- Fashion-MNIST ----------------------------------------------------------------------------------------------
 
 def test_fashion_mnist_from_idx_files(tmp_path):
-  written = fakes.write_fashion_mnist(tmp_path / "fm")
+  written = testing.write_fashion_mnist(tmp_path / "fm")
   dataset = load_dataset(_cfg(tmp_path, "fashion_mnist", tmp_path / "fm", noise_type="sym", noise_rate=0.5))
   np.testing.assert_array_equal(dataset.train_images[..., 0], written["train_images"])
   np.testing.assert_array_equal(dataset.test_images[..., 0], written["test_images"])
@@ -164,7 +165,7 @@ def _squash(path):  # the original: Image.open(path).convert('RGB').resize((256,
 
 
 def test_webvision_keeps_first_50_classes_in_list_order_and_decodes_like_the_original(tmp_path):
-  kept = fakes.write_webvision(tmp_path / "wv")
+  kept = testing.write_webvision(tmp_path / "wv")
   dataset = load_dataset(_cfg(tmp_path, "webvision", tmp_path / "wv", image_size=224))
   assert dataset.num_classes == 50 and dataset.train_clean_labels is None
   np.testing.assert_array_equal(dataset.train_labels, [label for _, label in kept["train"]])
@@ -184,7 +185,7 @@ def test_webvision_keeps_first_50_classes_in_list_order_and_decodes_like_the_ori
 
 @pytest.mark.parametrize("layout", ["original", "official"])
 def test_clothing1m_both_layouts(tmp_path, layout):
-  pairs = fakes.write_clothing1m(tmp_path / "c1m", layout)
+  pairs = testing.write_clothing1m(tmp_path / "c1m", layout)
   dataset = load_dataset(_cfg(tmp_path, "clothing1m", tmp_path / "c1m", image_size=224))
   assert dataset.num_classes == 14 and dataset.train_clean_labels is None
   np.testing.assert_array_equal(dataset.train_labels, [label for _, label in pairs["train"]])
@@ -200,7 +201,7 @@ def test_clothing1m_both_layouts(tmp_path, layout):
 
 
 def test_imagenet_image_folder_order_decoding_and_asym_noise(tmp_path):
-  pairs = fakes.write_imagenet(tmp_path / "in")
+  pairs = testing.write_imagenet(tmp_path / "in")
   dataset = load_dataset(_cfg(tmp_path, "imagenet", tmp_path / "in", noise_type="asym", noise_rate=1.0,
                               image_size=224))
   clean = np.array([label for _, label in pairs["train"]])
@@ -229,11 +230,11 @@ def _pickle_class(path):  # unpickling it would import and call datetime.date
 
 
 def _cifar10(tmp_path):
-  return fakes.write_cifar10(tmp_path / "d")
+  return testing.write_cifar10(tmp_path / "d")
 
 
 def _human(tmp_path, labels):
-  fakes.write_torch_save(str(tmp_path / "d" / "CIFAR-10_human.pt"), labels)
+  testing.write_torch_save(str(tmp_path / "d" / "CIFAR-10_human.pt"), labels)
 
 
 CASES = {
@@ -247,34 +248,34 @@ CASES = {
                              ["CIFAR-10_human.pt does not exist"]),
     "cifar-n key missing": ("cifar10", lambda t: _human(t, {"clean_label": _cifar10(t)["train_labels"]}),
                             lambda d: None, {"noise_type": "rand2"}, ["CIFAR-10_human", "'random_label2'"]),
-    "cifar-n other images": ("cifar10", lambda t: _human(t, fakes.cifar_n_labels(
+    "cifar-n other images": ("cifar10", lambda t: _human(t, testing.cifar_n_labels(
         np.roll(_cifar10(t)["train_labels"], 1), ("worse_label",), 10)), lambda d: None, {"noise_type": "worst"},
         ["'clean_label' differs"]),
     "cifar-n garbage": ("cifar10", _cifar10, lambda d: _garbage(d / "CIFAR-10_human.pt"), {"noise_type": "aggre"},
                         ["CIFAR-10_human.pt", "not a CIFAR-N label file"]),
-    "unknown noise type": ("cifar100", lambda t: fakes.write_cifar100(t / "d"), lambda d: None,
+    "unknown noise type": ("cifar100", lambda t: testing.write_cifar100(t / "d"), lambda d: None,
                            {"noise_type": "worst"}, ["data.noise_type='worst'", "noisy"]),
-    "fmnist bad magic": ("fashion_mnist", lambda t: fakes.write_fashion_mnist(t / "d"),
+    "fmnist bad magic": ("fashion_mnist", lambda t: testing.write_fashion_mnist(t / "d"),
                          lambda d: _gzip_garbage(d / "t10k-labels-idx1-ubyte.gz"), {}, ["t10k-labels", "IDX"]),
-    "webvision image missing": ("webvision", lambda t: fakes.write_webvision(t / "d", per_class=1),
+    "webvision image missing": ("webvision", lambda t: testing.write_webvision(t / "d", per_class=1),
                                 lambda d: os.remove(d / "google" / "q0003" / "000000.jpg"), {},
                                 ["missing", "q0003/000000.jpg"]),
-    "webvision image corrupt": ("webvision", lambda t: fakes.write_webvision(t / "d", per_class=1),
+    "webvision image corrupt": ("webvision", lambda t: testing.write_webvision(t / "d", per_class=1),
                                 lambda d: _garbage(d / "val_images" / "val000000004.jpg"), {},
                                 ["val000000004.jpg", "not a readable image"]),
-    "webvision list malformed": ("webvision", lambda t: fakes.write_webvision(t / "d", per_class=1),
+    "webvision list malformed": ("webvision", lambda t: testing.write_webvision(t / "d", per_class=1),
                                  lambda d: _append(d / "info" / "val_filelist.txt", "only_a_path.jpg\n"), {},
                                  ["val_filelist.txt", "line 53"]),
-    "clothing no layout": ("clothing1m", lambda t: fakes.write_clothing1m(t / "d"),
+    "clothing no layout": ("clothing1m", lambda t: testing.write_clothing1m(t / "d"),
                            lambda d: os.remove(d / "clean_val.txt"), {}, ["neither", "noisy_label_kv.txt"]),
-    "clothing key unlabelled": ("clothing1m", lambda t: fakes.write_clothing1m(t / "d", "official"),
+    "clothing key unlabelled": ("clothing1m", lambda t: testing.write_clothing1m(t / "d", "official"),
                                 lambda d: _append(d / "clean_test_key_list.txt", "images/5/55/00000555.jpg\n"), {},
                                 ["clean_test_key_list.txt", "00000555.jpg has no label"]),
-    "imagenet classes differ": ("imagenet", lambda t: fakes.write_imagenet(t / "d"),
+    "imagenet classes differ": ("imagenet", lambda t: testing.write_imagenet(t / "d"),
                                 lambda d: os.makedirs(d / "val" / "n99999999"), {}, ["class folders", "val"]),
-    "image_size too large": ("fashion_mnist", lambda t: fakes.write_fashion_mnist(t / "d"), lambda d: None,
+    "image_size too large": ("fashion_mnist", lambda t: testing.write_fashion_mnist(t / "d"), lambda d: None,
                              {"image_size": 32}, ["data.image_size=32"]),
-    "crop unknown": ("fashion_mnist", lambda t: fakes.write_fashion_mnist(t / "d"), lambda d: None,
+    "crop unknown": ("fashion_mnist", lambda t: testing.write_fashion_mnist(t / "d"), lambda d: None,
                      {"crop": "zoom"}, ["data.crop='zoom'"]),
 }
 
@@ -313,8 +314,8 @@ def test_fashion_mnist_without_the_debian_package_names_it(tmp_path, monkeypatch
 
 
 def test_a_build_from_another_folder_is_not_reused(tmp_path):
-  fakes.write_cifar10(tmp_path / "a")
-  fakes.write_cifar10(tmp_path / "b", seed=1)
+  testing.write_cifar10(tmp_path / "a")
+  testing.write_cifar10(tmp_path / "b", seed=1)
   load_dataset(_cfg(tmp_path, "cifar10", tmp_path / "a"))
   assert "was built from" in _error(_cfg(tmp_path, "cifar10", tmp_path / "b"))
 
@@ -322,7 +323,7 @@ def test_a_build_from_another_folder_is_not_reused(tmp_path):
 def test_runs_started_together_build_once(tmp_path):
   """Two sweeps started at the same moment: without the build lock the slower build fails to move its copy into
   place (FileExistsError from tfds)."""
-  fakes.write_fashion_mnist(tmp_path / "fm", train=64, test=16)
+  testing.write_fashion_mnist(tmp_path / "fm", train=64, test=16)
   start, failures, builders = threading.Barrier(2), [], []
 
   def prepare():
@@ -392,7 +393,7 @@ def test_fashion_mnist_config_trains_each_learner_on_a_fake_copy(tmp_path, learn
   """Its LeNet has no BatchNorm (no `batch_stats`), which every learner's step must accept."""
   from prune4rel_jax import train
 
-  fakes.write_fashion_mnist(tmp_path / "fm", train=64, test=16)
+  testing.write_fashion_mnist(tmp_path / "fm", train=64, test=16)
   config = _config_module("fashion_mnist").get_config(learner)
   assert config.model.name == "lenet"
   config.data.update(dir=str(tmp_path / "fm"), tfds_dir=str(tmp_path / "tfds"))
@@ -404,8 +405,8 @@ def test_fashion_mnist_config_trains_each_learner_on_a_fake_copy(tmp_path, learn
 
 
 def test_cli_runs_the_cifar10n_config_on_a_fake_copy(tmp_path):
-  written = fakes.write_cifar10(tmp_path / "c10", train_per_batch=8)
-  fakes.write_torch_save(str(tmp_path / "c10" / "CIFAR-10_human.pt"), fakes.cifar_n_labels(
+  written = testing.write_cifar10(tmp_path / "c10", train_per_batch=8)
+  testing.write_torch_save(str(tmp_path / "c10" / "CIFAR-10_human.pt"), testing.cifar_n_labels(
       written["train_labels"], tuple(cifar.CIFAR10N_KEYS.values()), 10))
   result = subprocess.run(
       [sys.executable, "-m", "prune4rel_jax", "--config", "configs/cifar10n.py:ce", "--config.data.noise_type=worst",

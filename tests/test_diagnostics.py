@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from prune4rel_jax import parallel
+from prune4rel_jax import parallel, reporting
 from prune4rel_jax.errors import UserError
 from prune4rel_jax.selection import METHODS, SelectionInputs, diagnostics, prune4rel
 from prune4rel_jax.selection.similarity import unit_rows
@@ -90,7 +90,7 @@ def test_saturating_selection_reports_its_ties_and_warns(tmp_path):
   assert "uniform draw" in report.warning() and "tau=auto" in report.warning()
   assert s["neighbours_same_clean_share"] is not None and 0 < s["objective_per_example"] <= 1
   assert "ties" in report.line() and "saturated at pick" in report.line()
-  report.plot(str(tmp_path / "selection.png"))
+  reporting.save_figure(report.figure(), tmp_path / "selection.png")
   assert (tmp_path / "selection.png").stat().st_size > 0
   by_gain, _ = _report(embeddings, conf, labels, eta=0.05, tie_break="gain")
   assert "stable gain" in by_gain.warning()

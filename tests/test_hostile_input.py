@@ -7,11 +7,13 @@ import os
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 
-from prune4rel_jax import main, train
+from prune4rel_jax import crosscheck, main, select_subset, train
 from prune4rel_jax.data import DATASETS, digits
+from prune4rel_jax.data.augment import VIEWS, make_view
 from prune4rel_jax.data.base import require_file
 from prune4rel_jax.errors import UserError
 from test_end_to_end import quickstart_config
@@ -20,13 +22,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _DEFECT = {}  # what the `defective_for_tests` dataset breaks in the digits; set by each test
 
 
-@DATASETS.register("defective_for_tests")
 def _defective(cfg):
   if "label_file" in _DEFECT:
     require_file(os.path.join(cfg.dir, _DEFECT["label_file"]), "defective_for_tests noisy labels")
   dataset = digits.load()
   fields = {k: getattr(dataset, k) for k in ("train_images", "train_labels", "test_images")}
   return dataclasses.replace(dataset, name="defective_for_tests", **_DEFECT.get("change", lambda f: f)(fields))
+
+
+DATASETS.add("defective_for_tests", _defective)
 
 
 pytestmark = pytest.mark.usefixtures("fast_compilation")
@@ -78,6 +82,40 @@ def test_prune4rel_tau_outside_zero_one_and_not_auto(tmp_path, tau):
            f"selection.prune4rel.tau={tau!r}" if isinstance(tau, str) else f"selection.prune4rel.tau={tau}")
 
 
+# Fields that take a word from no fixed set: paths, and a split name only file datasets read (and check against the
+# splits they were built with).
+FREE_TEXT = ("data.dir", "data.tfds_dir", "data.eval_split")
+
+
+def _word_fields(section, prefix=""):
+  """Every field under `section` that takes a word: a string, or a number or a word (prune4rel's tau=auto)."""
+  for key, value in section.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _word_fields(value, f"{prefix}{key}.")
+    elif isinstance(value, str) or section.get_type(key) is object:
+      yield prefix + key
+
+
+@pytest.mark.parametrize("field", sorted(set(_word_fields(quickstart_config())) - set(FREE_TEXT)))
+def test_a_word_outside_the_fields_choices_names_the_field_and_the_choices(tmp_path, field):
+  """Walks the config, so a field added later is covered. A learner's or method's own option is set with that
+  learner or method selected; the message must name the field and list the valid value the config held (or auto)."""
+  *owner, _ = field.split(".")
+  config = _config(**({f"{owner[0]}.name": owner[1]} if len(owner) == 2 else {}))
+  valid = config[field] if isinstance(config[field], str) else "auto"
+  config.update_from_flattened_dict({field: "bogus"})
+  _rejects(config, tmp_path / "run", f"{field}='bogus'", valid)
+
+
+def test_prune4rel_view_is_one_make_view_builds(tmp_path):
+  """`strong` (the name a comment gave) was accepted, and failed in the warm-up after the run directory was
+  written."""
+  config = _config(**{"selection.name": "prune4rel", "selection.prune4rel.view": "strong"})
+  for view in VIEWS:  # every name the message offers is one make_view builds
+    make_view(view, config.data, mean=(0.5,))
+  _rejects(config, tmp_path / "run", "selection.prune4rel.view='strong'", *VIEWS)
+
+
 def test_balanced_budget_smaller_than_the_number_of_classes(tmp_path):
   config = _config(**{"selection.fraction": 0.004, "selection.balance": True})  # 6 of 1,500 examples, 10 classes
   _rejects(config, tmp_path / "run", "keeps 6 of 1500", "10 classes", "selection.balance")
@@ -126,11 +164,53 @@ def test_run_dir_with_a_different_config_is_refused_unless_resumed_or_overwritte
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [r["epoch"] for r in records] == [0, 1]  # epoch 0 came from the checkpoint, only epoch 1 ran
   assert resumed["test_accuracy"] == records[-1]["test_accuracy"]
+  # What the network was trained on cannot change under --resume: a summary would report a subset it never saw.
+  with pytest.raises(UserError, match=r"--resume cannot change .*selection.fraction: 0.5 -> 0.4"):
+    train.train_and_evaluate(_config(epochs=2, **{"selection.fraction": 0.4}), str(workdir), existing="resume")
+  assert json.loads((workdir / "summary.json").read_text()) == resumed
 
   train.train_and_evaluate(_config(), str(workdir), existing="overwrite")
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [r["epoch"] for r in records] == [0]
   assert sorted(os.listdir(workdir / "checkpoints")) == ["0", "1"]
+
+
+def test_a_workdir_the_run_cannot_write_is_refused_before_anything_runs(tmp_path):
+  afile = tmp_path / "a_file"
+  afile.write_text("kept")
+  for workdir in (afile, afile / "run"):
+    with pytest.raises(UserError, match=f"^--workdir {workdir}: {afile} is a file, not a directory$"):
+      train.train_and_evaluate(_config(), str(workdir))
+  assert os.listdir(tmp_path) == ["a_file"] and afile.read_text() == "kept"
+  with pytest.raises(UserError, match="cannot write in /proc"):  # unwritable even for root
+    train.train_and_evaluate(_config(), "/proc/prune4rel-run")
+
+
+def test_a_remote_workdir_without_its_backend_is_refused_before_anything_runs(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(UserError, match=r"^--workdir gs://bucket/run: .*gcsfs.*local directory"):
+    train.train_and_evaluate(_config(), "gs://bucket/run")
+  assert os.listdir(tmp_path) == []  # no local ./gs: folder
+  with pytest.raises(UserError, match="must be a local directory"):
+    train.train_and_evaluate(_config(**{"selection.name": "forgetting"}), str(tmp_path / "run"),
+                             warmup_cache="gs://bucket/warmups")
+
+
+@pytest.mark.parametrize("command, own_flag", [(main, "--workdir"), (select_subset, "--taus"),
+                                               (crosscheck, "--export")])
+def test_help_lists_the_flags_and_exits_0(command, own_flag):
+  # A command of its own (as a user runs it): in this process other commands' required flags are registered too.
+  module = "prune4rel_jax" if command is main else command.__name__
+  out = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+  assert out.returncode == 0 and out.stdout.startswith(command.__doc__.strip()[:40]), out.stderr[-2000:]
+  assert own_flag in out.stdout and ("--config" in out.stdout) == (command is not select_subset)
+
+
+def test_help_with_a_config_lists_its_fields():
+  out = subprocess.run([sys.executable, "-m", "prune4rel_jax", "--config", "configs/quickstart.py", "-h"], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0 and "--config.selection.fraction=0.5" in out.stdout, out.stderr[-2000:]
 
 
 def test_non_finite_loss_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -4,8 +4,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from prune4rel_jax import rundir
+from prune4rel_jax.config import default_config
 from prune4rel_jax.errors import UserError
-from prune4rel_jax.models import layers, lenet, preact_resnet, resnet, small_cnn
+from prune4rel_jax.models import MODELS, layers, lenet, preact_resnet, resnet, small_cnn
 
 
 def _num_params(module, shape):
@@ -101,3 +103,18 @@ def test_pointwise_conv_matches_flax_conv(size, stride):
   np.testing.assert_allclose(y, flax_y, rtol=1e-5, atol=1e-6)
   for ours_grad, flax_grad in zip(jax.tree.leaves(grads), jax.tree.leaves(flax_grads)):
     np.testing.assert_allclose(ours_grad, flax_grad, rtol=1e-5, atol=1e-6)
+
+
+def test_model_sections_hold_each_models_fields_at_their_defaults():
+  """The sections as earlier runs stored them (a model without options has none), so their directories resume:
+  `model.dtype`, added later, is compared only when it is not float32."""
+  config = default_config()
+  stored = {"name": "preact_resnet18", "small_cnn": {"width": 32, "stages": 2}, "preact_resnet18": {"width": 64},
+            "resnet50": {"width": 64}}
+  assert config.model.to_dict() == {**stored, "dtype": "float32"}
+  assert rundir.comparable(config.to_dict())["model"] == stored
+  config.model.dtype = "bfloat16"
+  assert rundir.comparable(config.to_dict())["model"] == {**stored, "dtype": "bfloat16"}
+  for name in MODELS.names():
+    model = MODELS.get(name)
+    assert model(10, **model.defaults()) == model(10)

@@ -137,6 +137,35 @@ def test_whole_pool_exhausting_classes_then_unconstrained(max_proposals):
     assert (result.rounds, result.proposals) == (40, 40)
 
 
+@pytest.mark.parametrize("devices", [1, 8])
+def test_class_rounds_rank_deeper_once_classes_run_out(devices):
+  """12 classes, 7 of them small: while all remain a class round ranks each class 2·⌈width/12⌉ + 1 deep
+  (`class_depth`); once the small ones are exhausted, 5 classes share a window of 64 steps, which needs more (the
+  rounds ranking to the full width: with depth 2 there, 32 picks differ). Picks and gains stay the reference's,
+  runner-ups bound its (they are measured at the round's start)."""
+  embeddings, conf, _ = _data("random", n=256, seed=4)
+  labels = np.random.default_rng(5).permutation(np.repeat(np.arange(12), [8] * 7 + [40] * 5))
+  schedule = prune4rel.class_schedule(labels, 12, 220)
+  assert np.all(schedule >= 0) and len(np.unique(schedule[-64:])) == 5
+  assert np.bincount(schedule[-64:]).max() + 1 > prune4rel.class_depth(64, 12)
+  order, gains, runner_up = reference_greedy(embeddings, conf, labels, 12, 220, tau=0.95, eta=2.0, balance=True,
+                                             details=True)
+  result = _jitted(embeddings, conf, labels, 12, 220, MESHES[devices], tau=0.95, eta=2.0, balance=True)
+  np.testing.assert_array_equal(result.order, order)
+  np.testing.assert_allclose(result.gains, gains, atol=1e-5)
+  assert np.all(result.runner_up >= runner_up - 1e-5)
+
+
+def test_class_rows_group_each_devices_examples_by_class_in_index_order():
+  labels = np.array([1, 0, 1, 1, -1, 0, 0, 2, 0, 0])  # two devices of 5 rows; −1: padding
+  members, row_class = prune4rel.class_rows(labels, 2, 2)
+  np.testing.assert_array_equal(members, [[1, 5], [0, 2], [3, 5], [0, 1], [3, 4], [2, 5]])
+  np.testing.assert_array_equal(row_class, [0, 1, 1, 0, 0, 2])
+  members, row_class = prune4rel.class_rows(np.array([0, 0, 0, 1, -1, -1]), 2, 2)  # device 1 needs fewer rows
+  np.testing.assert_array_equal(members, [[0, 1], [2, 3], [0, 3], [3, 3]])
+  np.testing.assert_array_equal(row_class, [0, 0, 1, np.iinfo(np.int32).max])
+
+
 def test_class_schedule_follows_the_original_round_robin_and_fallback():
   labels = np.repeat([0, 1, 2], [1, 2, 6])
   # t=3: class 0 is exhausted (first, with 1 example) -> rotation [1, 2], 3 mod 2 -> class 2.

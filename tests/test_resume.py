@@ -6,6 +6,7 @@ selection and warm-up records travel through the checkpoint too.
 """
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -19,8 +20,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from prune4rel_jax import checkpoint, train
+from prune4rel_jax import rundir, train, warmup_cache
 from prune4rel_jax.errors import UserError
+from prune4rel_jax.progress import LOG
 from prune4rel_jax.selection import METHODS, Method
 from test_end_to_end import quickstart_config
 
@@ -33,7 +35,6 @@ DRIVER = ("import sys; sys.path.insert(0, sys.argv.pop(1)); import test_resume; 
           "main.run()")
 
 
-@METHODS.register("most_confident_for_tests")
 class MostConfident(Method):
   """Keeps the examples whose noisy label the warmed-up network finds most probable (needs a warm-up)."""
   name = "most_confident_for_tests"
@@ -42,6 +43,9 @@ class MostConfident(Method):
   def select(self, inputs, budget):
     confidence = inputs.probs[np.arange(len(inputs.labels)), inputs.labels]
     return np.argsort(-confidence, kind="stable")[:budget]
+
+
+METHODS.add(MostConfident.name, MostConfident)
 
 
 pytestmark = pytest.mark.usefixtures("fast_compilation")
@@ -195,8 +199,10 @@ def test_a_checkpoint_of_another_state_structure_is_refused_not_set_aside(uninte
   workdir = tmp_path / "run"
   shutil.copytree(uninterrupted, workdir)
   config = _config({**OVERRIDES, "model.small_cnn.width": 16})
+  # The same config, another state: as if the code that wrote the checkpoint built its layers differently.
+  (workdir / "config.json").write_text(config.to_json_best_effort())
   with pytest.raises(UserError, match=f"checkpoint {EPOCHS} .* another structure.*first difference at batch_stats"):
-    train.train_and_evaluate(config, str(workdir), existing="resume")
+    train.train_and_evaluate(config, str(workdir))
   kept = os.listdir(workdir / "checkpoints")
   assert str(EPOCHS) in kept and not any(name.startswith("damaged") for name in kept), kept
 
@@ -222,7 +228,7 @@ def test_a_run_stopped_during_the_warm_up_resumes_it_and_ends_bit_identical(tmp_
   _assert_identical(_results(workdir, 2), _results(uninterrupted, 2))
 
 
-def test_runs_sharing_a_warmup_cache_end_as_runs_that_train_their_own(uninterrupted, tmp_path, capsys):
+def test_runs_sharing_a_warmup_cache_end_as_runs_that_train_their_own(uninterrupted, tmp_path, caplog):
   cache = tmp_path / "warmups"
   train.train_and_evaluate(_config(), str(tmp_path / "first"), warmup_cache=str(cache))
   _assert_identical(_results(tmp_path / "first"), _results(uninterrupted))
@@ -231,9 +237,9 @@ def test_runs_sharing_a_warmup_cache_end_as_runs_that_train_their_own(uninterrup
 
   # Another method and fraction: the warm-up is restored, not trained.
   other = {**OVERRIDES, "selection.name": "forgetting", "selection.fraction": 0.6}
-  capsys.readouterr()
+  caplog.set_level(logging.INFO, logger=LOG.name)
   train.train_and_evaluate(_config(other), str(tmp_path / "shared"), warmup_cache=str(cache))
-  assert "warm-up run 1 restored from" in capsys.readouterr().out
+  assert "warm-up run 1 restored from" in caplog.text
   assert _train_epochs_logged(tmp_path / "shared", "warmup") == 1  # the stored warm-up's records, once
   train.train_and_evaluate(_config(other), str(tmp_path / "own"))
   _assert_identical(_results(tmp_path / "shared"), _results(tmp_path / "own"))
@@ -241,7 +247,7 @@ def test_runs_sharing_a_warmup_cache_end_as_runs_that_train_their_own(uninterrup
 
 @pytest.mark.parametrize("learner, same, different", [
     ("ce", {"learner.sop_plus.lr_u": 1.0, "selection.fraction": 0.9, "selection.name": "uniform"},
-     {"optim.lr": 0.1, "selection.warmup_epochs": 2}),
+     {"optim.lr": 0.1, "selection.warmup_epochs": 2, "model.dtype": "bfloat16"}),
     ("sop_plus", {"learner.dividemix.alpha": 0.5}, {"learner.sop_plus.lr_u": 1.0}),
     ("dividemix", {"learner.dividemix.alpha": 0.5, "learner.sop_plus.lr_v": 1.0},
      {"learner.dividemix.confidence_penalty": True}),
@@ -250,15 +256,15 @@ def test_a_warmup_is_keyed_by_what_it_reads(learner, same, different):
   """Runs share a warm-up across fields it does not read (other learners' sections, the selection, the
   hyperparameters outside `Learner.warmup_hyperparameters`), and never across one it reads."""
   def identity(overrides):
-    return checkpoint.warmup_identity(_config({**OVERRIDES, "learner.name": learner, **overrides}))
+    return warmup_cache.warmup_identity(_config({**OVERRIDES, "learner.name": learner, **overrides}))
   assert identity(same) == identity({})
   for field, value in different.items():
     assert identity({field: value}) != identity({}), field
 
 
 def test_a_warmup_lock_is_waited_for_while_its_holder_lives(tmp_path, monkeypatch):
-  monkeypatch.setattr(checkpoint.WarmupCache, "POLL_SECONDS", 0.05)
-  cache = checkpoint.WarmupCache(str(tmp_path), _config())
+  monkeypatch.setattr(warmup_cache.WarmupCache, "POLL_SECONDS", 0.05)
+  cache = warmup_cache.WarmupCache(str(tmp_path), _config())
   lock = os.path.join(cache.directory, "run0.lock")
   holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
                              "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)", lock],
@@ -267,7 +273,7 @@ def test_a_warmup_lock_is_waited_for_while_its_holder_lives(tmp_path, monkeypatc
   acquired = threading.Event()
 
   def claim():
-    with cache.claim(0, checkpoint.StopOnSigterm()):
+    with cache.claim(0, rundir.StopOnSigterm()):
       acquired.set()
 
   waiter = threading.Thread(target=claim)

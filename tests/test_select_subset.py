@@ -2,8 +2,10 @@
 (equal to the sequential reference's at a fixed τ), and bad exports refused with one line. (From a run directory:
 tests/test_prune4rel.py's quickstart test.)"""
 
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -40,12 +42,15 @@ def test_tries_several_taus_and_writes_each_subset(tmp_path):
 @pytest.mark.parametrize("name,bad,message", [
     ("embeddings", lambda e: np.where(np.arange(e.size).reshape(e.shape) == 3, np.nan, e), "NaN or infinite"),
     ("embeddings", lambda e: e[:, 0], "expected labels"),
+    ("embeddings", lambda e: e[:, :0], "non-empty numeric"),
+    ("probs", lambda p: p[..., None], "expected labels"),
     ("probs", lambda p: -p, "softmax rows"),
     ("probs", lambda p: 2 * p, "softmax rows"),
     ("labels", lambda y: y + 4, "integer labels in"),
+    ("labels", lambda y: y - 1, "integer labels in"),
     ("labels", lambda y: y.astype(np.float32), "integer labels in"),
     ("labels", lambda y: y[:0], "non-empty numeric"),
-    ("labels", lambda y: np.array([{"a": 1}], dtype=object), "not a numeric .npy"),
+    ("labels", lambda y: np.array([{"a": 1}], dtype=object), "cannot be read as a numeric .npy"),
     ("selected", lambda s: np.concatenate([s, s[:1]]), "distinct integer indices"),
 ])
 def test_bad_exports_are_user_errors(tmp_path, name, bad, message):
@@ -53,6 +58,33 @@ def test_bad_exports_are_user_errors(tmp_path, name, bad, message):
   path = tmp_path / "export" / f"{name}.npy"
   np.save(path, bad(np.load(path)), allow_pickle=True)
   with pytest.raises(UserError, match=message):
+    exports.load(str(tmp_path / "export"))
+
+
+def _npz(npy: bytes) -> bytes:
+  archive = io.BytesIO()
+  np.savez(archive, probs=np.load(io.BytesIO(npy)))
+  return archive.getvalue()
+
+
+def _terabyte_header(npy: bytes) -> bytes:
+  """A valid .npy header declaring 8 TiB of float16, and no data."""
+  del npy
+  header = io.BytesIO()
+  np.lib.format.write_array_header_1_0(header, {"descr": "<f2", "fortran_order": False, "shape": (2**40, 4)})
+  return header.getvalue()
+
+
+@pytest.mark.parametrize("content", [
+    lambda npy: b"0.1,0.9\n0.5,0.5\n", lambda npy: b"", lambda npy: npy[:-10], _npz, _terabyte_header],
+    ids=["text", "empty", "truncated", "npz", "terabyte_header"])
+def test_a_file_that_is_not_a_npy_array_is_named(tmp_path, content):
+  """Before, an empty file raised EOFError, an .npz archive AttributeError and a header claiming more than memory
+  holds MemoryError, each a traceback."""
+  _export(tmp_path / "export", pick_order=True)
+  path = tmp_path / "export" / "probs.npy"
+  path.write_bytes(content(path.read_bytes()))
+  with pytest.raises(UserError, match=f"^{re.escape(str(path))} cannot be read as a numeric .npy array"):
     exports.load(str(tmp_path / "export"))
 
 

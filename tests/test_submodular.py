@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from prune4rel_jax import parallel, train
-from prune4rel_jax.selection import METHODS, SelectionInputs, records, submodular
+from prune4rel_jax.selection import METHODS, SelectionInputs, deepfool, records, submodular
 from prune4rel_jax.selection.base import class_quotas
 from prune4rel_jax.selection.gradmatch import orthogonal_matching_pursuit
 from test_end_to_end import quickstart_config
@@ -282,7 +282,7 @@ def test_deepfool_on_a_linear_model_is_the_distance_to_the_nearest_boundary():
   normals = np.linalg.norm(w[:, top].T[:, :, None] - w[None], axis=1)  # [40, 3]
   own = np.arange(3)[None] == top[:, None]
   distance = np.where(own, np.inf, gaps / np.where(own, 1.0, normals)).min(1)
-  norms = records.record_deepfool(network, MESH, max_iter=50)
+  norms = deepfool.record_deepfool(network, MESH, max_iter=50)
   np.testing.assert_allclose(norms, (distance / 2) ** 2, rtol=1e-3)
   inputs = SelectionInputs(labels=top, num_classes=3, deepfool_norms=norms)
   np.testing.assert_array_equal(_method("deepfool").select(inputs, 10), np.argsort(distance)[:10])
@@ -305,7 +305,7 @@ def test_deepfool_takes_newton_steps_until_max_iter():
     v = images.reshape(-1).astype(np.float64)
     for _ in range(max_iter):
       v = v - v * np.log(v / 10.0)
-    np.testing.assert_allclose(records.record_deepfool(network, MESH, max_iter),
+    np.testing.assert_allclose(deepfool.record_deepfool(network, MESH, max_iter),
                                (v - images.reshape(-1)) ** 2, rtol=1e-4)
 
 

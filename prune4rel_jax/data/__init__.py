@@ -14,10 +14,7 @@ from prune4rel_jax.data.noise import NOISE_TYPES, corrupt
 from prune4rel_jax.errors import UserError
 from prune4rel_jax.registry import Registry
 
-DATASETS = Registry("dataset")
 
-
-@DATASETS.register("digits")
 def _digits(cfg) -> Dataset:
   if cfg.noise_type not in NOISE_TYPES:
     raise UserError(f"data.noise_type={cfg.noise_type!r}: digits has no real noisy labels; use one of "
@@ -25,13 +22,16 @@ def _digits(cfg) -> Dataset:
   return digits.load()
 
 
-# File datasets (built once into array_record by tensorflow_datasets; see each module's docstring for its layout).
-DATASETS.register("cifar10")(cifar.load_cifar10)
-DATASETS.register("cifar100")(cifar.load_cifar100)
-DATASETS.register("fashion_mnist")(fashion_mnist.load)
-DATASETS.register("webvision")(webvision.load)
-DATASETS.register("clothing1m")(clothing1m.load)
-DATASETS.register("imagenet")(imagenet.load)
+DATASETS = Registry("dataset", {
+    "digits": _digits,
+    # File datasets: built once into array_record by tensorflow_datasets; each module's docstring gives its layout.
+    "cifar10": cifar.load_cifar10,
+    "cifar100": cifar.load_cifar100,
+    "fashion_mnist": fashion_mnist.load,
+    "webvision": webvision.load,
+    "clothing1m": clothing1m.load,
+    "imagenet": imagenet.load,
+})
 
 CROPS = ("pad", "resized")
 

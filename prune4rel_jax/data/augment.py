@@ -120,6 +120,10 @@ def strong(images: np.ndarray, rnd: BatchRandom, cutout_size: int, fill: np.ndar
   return cutout(images, cutout_size, fill, rnd)
 
 
+# The views `make_view` builds: two independent weak ones, SOP+'s strong one and the test view (no augmentation).
+VIEWS = ("image", "image2", "image_strong", "test")
+
+
 def make_view(name: str, cfg, mean: tuple[float, ...] | None = None):
   """The augmentation behind a batch key (see `Learner.views`); `cfg` is `config.data`, `mean` the dataset's
   per-channel mean in [0, 1] (the strong view's Cutout fill)."""

@@ -14,11 +14,17 @@ import numpy as np
 from absl import flags
 
 from prune4rel_jax import parallel
-from prune4rel_jax.data.augment import BatchRandom
+from prune4rel_jax.data.augment import BatchRandom, make_view
 from prune4rel_jax.errors import UserError
 
 # A view turns this process's uint8 images into one augmented copy (e.g. weak or strong) using `BatchRandom`.
 View = Callable[[np.ndarray, BatchRandom], np.ndarray]
+
+
+def as_stored(images: np.ndarray, rnd: BatchRandom) -> np.ndarray:
+  """The host's part of a view made on device: the images as stored (a module function: workers pickle views)."""
+  del rnd
+  return images
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
@@ -32,10 +38,18 @@ class Loading:
   """How the host produces training batches (`config.loading`): the speed, never the batches. `workers` > 0 runs
   the loading and augmentation in that many grain worker processes (`mp_prefetch`), the way around the GIL for
   Python-bound views such as AutoAugment; each worker receives a pickled copy of the stream, in-memory images
-  included, and takes seconds to start, which is why `OpenStreams` keeps a stream open across epochs."""
+  included, and takes seconds to start, which is why `OpenStreams` keeps a stream open across epochs.
+  `device_views` ships the raw images under each view's name for the train step to augment on device
+  (`data/device_augment.py`): the same views from other random draws."""
   workers: int = 0
   read_threads: int = 1
   prefetch: int = 2
+  device_views: bool = False
+
+  def views(self, names: tuple[str, ...], cfg, mean: tuple[float, ...]) -> dict[str, View]:
+    """The host's part of each named view (`cfg` is `config.data`, `mean` the dataset's): the augmentation, or
+    with `device_views` the images as stored."""
+    return {name: as_stored if self.device_views else make_view(name, cfg, mean) for name in names}
 
   def iterate(self, dataset: grain.MapDataset) -> Iterator:
     iterable = dataset.to_iter_dataset(grain.ReadOptions(num_threads=self.read_threads,

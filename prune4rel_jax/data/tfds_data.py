@@ -24,6 +24,7 @@ import tensorflow_datasets as tfds
 
 from prune4rel_jax.data.base import Dataset
 from prune4rel_jax.errors import UserError
+from prune4rel_jax.progress import LOG
 
 # Decoding threads shared by every lazy split (threads start on first use).
 _DECODE_POOL = concurrent.futures.ThreadPoolExecutor(min(16, os.cpu_count() or 1))
@@ -94,7 +95,7 @@ def _build(builder: Builder, manual_dir: str) -> None:
       return  # the run this one waited for built it
     if not os.path.isdir(manual_dir) or not os.listdir(manual_dir):
       raise UserError(f"{builder.name}: {manual_dir or 'data.dir'!r} is missing or empty; {builder.EXPECTED}")
-    print(f"building {builder.name} from {manual_dir} into {builder.data_path} (once)", flush=True)
+    LOG.info("building %s from %s into %s (once)", builder.name, manual_dir, builder.data_path)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
 
 

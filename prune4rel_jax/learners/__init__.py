@@ -8,6 +8,4 @@ from prune4rel_jax.registry import Registry
 
 __all__ = ["LEARNERS", "Learner", "TrainState"]
 
-LEARNERS = Registry("learner")
-for _learner in (CrossEntropy, DivideMix, SOPPlus):
-  LEARNERS.register(_learner.name)(_learner)
+LEARNERS = Registry("learner", {learner.name: learner for learner in (CrossEntropy, DivideMix, SOPPlus)})

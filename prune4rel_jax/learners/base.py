@@ -6,6 +6,7 @@ per-example variables), one jitted data-parallel train step, and how the trained
 override it.
 """
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
@@ -17,12 +18,15 @@ import numpy as np
 from flax import struct
 
 from prune4rel_jax import optim, parallel
-from prune4rel_jax.data.pipeline import EpochData
+from prune4rel_jax.data import device_augment
+from prune4rel_jax.data.augment import make_view
+from prune4rel_jax.data.pipeline import EpochData, View
 from prune4rel_jax.errors import UserError
 from prune4rel_jax.progress import Progress
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
+VIEWS_KEY = 0x71E5  # folded into a step's key for the views made on device
 
 
 class TrainState(struct.PyTreeNode):
@@ -33,23 +37,48 @@ class TrainState(struct.PyTreeNode):
   opt_state: Any
 
 
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """The few run-wide settings a learner reads besides its own config section, passed explicitly so that a
+  learner cannot come to depend on anything else in the config."""
+  optim: ml_collections.ConfigDict  # `config.optim`: the network optimiser
+  batch_size: int                   # global training batch
+  eval_batch_size: int              # global batch of evaluation-mode passes
+  noise_type: str                   # `config.data.noise_type` (DivideMix's confidence penalty follows it)
+  test_view: View | None            # the evaluation transform (`make_view("test")`)
+  # `config.data` when `config.loading.device_views`: the step makes the training views from raw images; else None.
+  views_on_device: ml_collections.ConfigDict | None = None
+
+  @classmethod
+  def of(cls, config: ml_collections.ConfigDict) -> "Setup":
+    return cls(optim=config.optim, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
+               noise_type=config.data.noise_type, test_view=make_view("test", config.data),
+               views_on_device=config.data if config.loading.device_views else None)
+
+
 class Learner:
-  """Base class. Subclasses set `name`, `views` and implement `train_step`."""
+  """Base class. Subclasses set `name`, `views` and implement `train_step`. A learner reads its own config
+  section (`hp`) and the `Setup`, nothing else of the config."""
   name: ClassVar[str]
   # The augmented copies of each image a training batch carries, keyed as in the batch dict.
   views: ClassVar[tuple[str, ...]] = ("image",)
   # The fields of this learner's config section that its selection warm-up (epochs of phase "warmup") reads; None:
-  # all of them. Shared warm-ups are keyed by these only (`checkpoint.warmup_identity`), so cells that differ in
+  # all of them. Shared warm-ups are keyed by these only (`warmup_cache.warmup_identity`), so cells that differ in
   # another field restore one warm-up instead of training the same network again.
   warmup_hyperparameters: ClassVar[tuple[str, ...] | None] = None
 
   def __init__(self, config: ml_collections.ConfigDict, model: nn.Module, num_classes: int,
                mesh: jax.sharding.Mesh):
-    self.config, self.model, self.num_classes, self.mesh = config, model, num_classes, mesh
+    self.model, self.num_classes, self.mesh = model, num_classes, mesh
     self.hp = config.learner[self.name]  # this learner's hyperparameters
-    self.tx = optim.make_optimizer(config.optim)
+    self.setup = Setup.of(config)
+    self.tx = optim.make_optimizer(self.setup.optim)
     self._jit_predict = jax.jit(self.predict, out_shardings=parallel.example_sharded(mesh))
     self._jit_step = None
+    # Built here so that a setting without a device version is refused before any work; the Cutout fill is the
+    # dataset's mean pixel, which the model normalises with.
+    self._device_views = (None if self.setup.views_on_device is None else
+                          device_augment.views_fn(self.views, self.setup.views_on_device, model.mean))
 
   @classmethod
   def defaults(cls) -> ml_collections.ConfigDict:
@@ -94,12 +123,24 @@ class Learner:
     state = self.with_learning_rate(state, lr)
     return self.run_steps(state, data.batches(), data.steps, key, data.desc, on_step)
 
+  def step_count(self, state: Any) -> jax.Array:
+    """The number of steps the network a step trains has taken (the state's `step`)."""
+    return state.step
+
+  def step_on_device_views(self, state: Any, batch: Batch, key: jax.Array) -> tuple[Any, Metrics, Batch]:
+    """`train_step` after making the batch's views from its raw images (`loading.device_views`), with a key of
+    their own per step: a pure function of (key, step), so a resumed run draws the same views."""
+    views_key = jax.random.fold_in(step_key(key, self.step_count(state)), VIEWS_KEY)
+    return self.train_step(state, self._device_views(batch, views_key), key)
+
   def jitted_train_step(self, state: Any):
-    """`train_step` compiled over the mesh: the state keeps its placement (replicated networks, sharded
-    per-example variables) and is donated; per-example outputs stay sharded along the batch."""
+    """`train_step` compiled over the mesh (with the views made first where they are made on device): the state
+    keeps its placement (replicated networks, sharded per-example variables) and is donated; per-example outputs
+    stay sharded along the batch."""
     if self._jit_step is None:
       state_sharding = jax.tree.map(lambda x: x.sharding, state)
-      self._jit_step = jax.jit(self.train_step, donate_argnums=0,
+      step = self.train_step if self._device_views is None else self.step_on_device_views
+      self._jit_step = jax.jit(step, donate_argnums=0,
                                out_shardings=(state_sharding, parallel.replicated(self.mesh),
                                               parallel.example_sharded(self.mesh)))
     return self._jit_step

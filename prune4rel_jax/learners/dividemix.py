@@ -5,7 +5,8 @@ An epoch before `warmup_epochs` (and every epoch of the warm-up before selection
 on the whole set (plus the confidence penalty for asymmetric noise). Every later epoch:
   1. one evaluation-mode pass gives each example's CE loss under both nets (jitted, data-parallel);
   2. per net, the min-max normalised losses (averaged over the last `loss_history` epochs) go through a
-     two-component GMM (`gmm.py`, on host); the posterior of the low-loss component is the clean probability;
+     two-component GMM (`clean_probability`, on host); the posterior of the low-loss component is the clean
+     probability;
   3. co-divide: net1 trains on net2's division (labelled = clean probability > `p_threshold`, weighted by it; the
      rest unlabelled), then net2 on net1's division, both computed before net1's update (the original's order);
   4. each step refines the labelled targets with the trained net's two-view prediction and guesses the unlabelled
@@ -20,6 +21,7 @@ second; net2's turn swaps them (`_turn`), a free reordering of the pytree, so on
 """
 
 import dataclasses
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -27,12 +29,12 @@ import ml_collections
 import numpy as np
 from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec as P
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.mixture import GaussianMixture
 
 from prune4rel_jax import parallel
 from prune4rel_jax.data import pipeline
-from prune4rel_jax.data.augment import make_view
 from prune4rel_jax.errors import UserError
-from prune4rel_jax.learners import gmm
 from prune4rel_jax.learners.base import Learner, TrainState, cross_entropy, step_key
 
 MIX_UNLABELLED = ("all", "partners")
@@ -100,6 +102,25 @@ def negative_entropy(logits: jax.Array) -> jax.Array:
   return jnp.mean(jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1))
 
 
+# ---- the division: a two-component GMM of the losses ----------------------------------------------------------
+def clean_probability(losses: np.ndarray, *, reg_covar: float, max_iter: int, tol: float,
+                      seed: int) -> np.ndarray:
+  """Each example's probability of being clean: the posterior of the lower-mean component of the original's
+  `GaussianMixture(n_components=2, max_iter, tol, reg_covar)` fitted to its losses.
+
+  On the host in float64: one float per example and a few EM iterations take milliseconds next to the
+  evaluation pass, whereas float64 on an accelerator would mean x64 for the whole program. The original
+  leaves the k-means initialisation unseeded; `seed` makes a run reproducible.
+  """
+  x = np.asarray(losses, np.float64).reshape(-1, 1)
+  gmm = GaussianMixture(n_components=2, max_iter=max_iter, tol=tol, reg_covar=reg_covar, random_state=seed)
+  with warnings.catch_warnings():
+    # max_iter=10 often stops EM before `tol`; the original runs with the same warning and uses the fit anyway.
+    warnings.simplefilter("ignore", ConvergenceWarning)
+    gmm.fit(x)
+  return gmm.predict_proba(x)[:, np.argmin(gmm.means_[:, 0])]
+
+
 class DivideMix(Learner):
   name = "dividemix"
   views = ("image", "image2")  # two independent weak views of every labelled and unlabelled image
@@ -139,18 +160,17 @@ class DivideMix(Learner):
       if not ok:
         raise UserError(f"learner.dividemix.{field}={hp[field]!r} must be {expected}")
     # The labelled and the unlabelled batch each hold batch_size // 2 examples (the original: 64 + 64, warm-up 128).
-    self.batch = config.batch_size // 2
+    self.batch = self.setup.batch_size // 2
     if self.batch < 1 or self.batch % mesh.devices.size:
-      raise UserError(f"batch_size={config.batch_size}: DivideMix's labelled and unlabelled batches hold "
+      raise UserError(f"batch_size={self.setup.batch_size}: DivideMix's labelled and unlabelled batches hold "
                       f"batch_size // 2 = {self.batch} examples each, which must be a positive multiple of the "
                       f"number of devices ({mesh.devices.size})")
     # "auto" or a bool (the command line delivers a bool as the string "True"/"False")
     penalty = str(hp.confidence_penalty).lower()
     if penalty not in ("auto", "true", "false"):
       raise UserError(f"learner.dividemix.confidence_penalty={hp.confidence_penalty!r} must be 'auto', True or False")
-    self.penalty = config.data.noise_type == "asym" if penalty == "auto" else penalty == "true"
+    self.penalty = self.setup.noise_type == "asym" if penalty == "auto" else penalty == "true"
     self._jit_losses = jax.jit(self._losses, out_shardings=parallel.example_sharded(mesh))
-    self._eval_view = make_view("test", config.data)  # the original's test transform (a centre crop, or none)
 
   # ---- state ----------------------------------------------------------------------------------------------
   def init(self, rng: jax.Array, image_shape: tuple[int, ...], num_examples: int) -> DivideMixState:
@@ -166,6 +186,9 @@ class DivideMix(Learner):
   def with_learning_rate(self, state: DivideMixState, lr: float) -> DivideMixState:
     set_lr = super().with_learning_rate
     return state.replace(nets=tuple(n.replace(train=set_lr(n.train, lr)) for n in state.nets))
+
+  def step_count(self, state: DivideMixState) -> jax.Array:
+    return state.nets[0].train.step  # the network this step trains; the other's turn runs under another key
 
   # ---- one step -----------------------------------------------------------------------------------------
   def train_step(self, state: DivideMixState, batch, key):
@@ -295,7 +318,8 @@ class DivideMix(Learner):
     """[2, n] losses of the subset's un-augmented images under both networks (one data-parallel pass)."""
     sync = parallel.must_sync_each_step(self.mesh)
     chunks = []
-    for batch in pipeline.eval_batches(data.images, data.indices, self.config.eval_batch_size, self._eval_view):
+    # the original's test transform (a centre crop, or none)
+    for batch in pipeline.eval_batches(data.images, data.indices, self.setup.eval_batch_size, self.setup.test_view):
       batch = parallel.to_global(self.mesh, {"image": batch["image"], "label": data.labels[batch["index"]]})
       losses = self._jit_losses(state, batch["image"], batch["label"])
       if sync:
@@ -314,9 +338,9 @@ class DivideMix(Learner):
     for k, net in enumerate(state.nets):
       history = np.roll(parallel.to_host(net.loss_history), -1, axis=0)
       history[-1, :n] = normalised[k]
-      prob = gmm.clean_probability(history[-filled:, :n].mean(axis=0), reg_covar=hp.gmm_reg_covar,
-                                   max_iter=hp.gmm_max_iter, tol=hp.gmm_tol,
-                                   seed=pipeline.derive_seed(data.seed, data.epoch, k, _GMM))
+      prob = clean_probability(history[-filled:, :n].mean(axis=0), reg_covar=hp.gmm_reg_covar,
+                               max_iter=hp.gmm_max_iter, tol=hp.gmm_tol,
+                               seed=pipeline.derive_seed(data.seed, data.epoch, k, _GMM))
       clean_prob = np.zeros(net.clean_prob.shape, np.float32)
       clean_prob[:n] = prob
       nets.append(net.replace(clean_prob=_like(net.clean_prob, clean_prob),

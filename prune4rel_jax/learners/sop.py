@@ -151,6 +151,9 @@ class SOPPlus(Learner):
   def with_learning_rate(self, state: SOPState, lr: float) -> SOPState:
     return state.replace(network=super().with_learning_rate(state.network, lr))
 
+  def step_count(self, state: SOPState) -> jax.Array:
+    return state.network.step
+
   # ---- training -------------------------------------------------------------------------------------------
   def train_step(self, state: SOPState, batch, key):
     del key

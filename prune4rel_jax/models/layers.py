@@ -2,6 +2,7 @@
 same distribution as the original PyTorch one (fidelity for cross-framework validation)."""
 
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -53,6 +54,9 @@ class BatchNorm(nn.Module):
   pass, and its backward needs only x. On XLA:CPU, BN + ReLU forward + backward runs ~40 % faster and a
   PreActResNet-18 CE step 7–15 % faster (`benchmarks/README.md`); the result equals `nn.BatchNorm`'s up to float32
   rounding.
+
+  Statistics and the affine map are float32 whatever x's dtype; the output takes x's dtype, so a bfloat16 network
+  stays bfloat16 between its layers (`config.model.dtype`).
   """
   use_running_average: bool
   momentum: float = 0.9
@@ -76,7 +80,7 @@ class BatchNorm(nn.Module):
         running_mean.value = self.momentum * running_mean.value + (1 - self.momentum) * mean
         running_var.value = self.momentum * running_var.value + (1 - self.momentum) * var
     a = scale * jax.lax.rsqrt(var + self.epsilon)
-    return x * a + (bias - mean * a)
+    return (x * a + (bias - mean * a)).astype(x.dtype)
 
 
 def batch_norm(train: bool) -> BatchNorm:
@@ -88,7 +92,9 @@ def batch_norm(train: bool) -> BatchNorm:
 class Head(nn.Module):
   """A torch-initialised Linear: every model's classifier on the pooled features (and LeNet's hidden layers)."""
   features: int  # outputs: the number of classes for a classifier
+  dtype: Any = jnp.float32  # computation dtype; parameters stay float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    return nn.Dense(self.features, kernel_init=torch_kernel_init, bias_init=torch_bias_init(x.shape[-1]))(x)
+    return nn.Dense(self.features, dtype=self.dtype, kernel_init=torch_kernel_init,
+                    bias_init=torch_bias_init(x.shape[-1]))(x)

@@ -14,7 +14,6 @@ from prune4rel_jax.selection.uniform import Uniform
 
 __all__ = ["METHODS", "Method", "SelectionInputs", "budget_for"]
 
-METHODS = Registry("selection method")
-for _method in (Uniform, SmallLoss, Uncertainty, Forgetting, GraNd, EL2N, Moderate, KCenterGreedy, Herding,
-                ContextualDiversity, Cal, Glister, Craig, GradMatch, Submodular, DeepFool, Prune4ReL):
-  METHODS.register(_method.name)(_method)
+METHODS = Registry("selection method", {method.name: method for method in (
+    Uniform, SmallLoss, Uncertainty, Forgetting, GraNd, EL2N, Moderate, KCenterGreedy, Herding, ContextualDiversity,
+    Cal, Glister, Craig, GradMatch, Submodular, DeepFool, Prune4ReL)})

@@ -34,7 +34,7 @@ class Method:
   name: ClassVar[str]
   # The `SelectionInputs` fields it reads; an empty set means no warm-up is run (e.g. Uniform).
   needs: ClassVar[frozenset[str]] = frozenset()
-  # The view of the scoring pass: "test" (no augmentation) or "strong" (Prune4ReL's strongly augmented view).
+  # The view of the scoring pass, one of `augment.VIEWS`: "test" (no augmentation); Prune4ReL's is configurable.
   view: ClassVar[str] = "test"
   # How many networks the warm-up trains from fresh initialisations (GraNd/EL2N average over `repeat`).
   warmup_runs: int = 1

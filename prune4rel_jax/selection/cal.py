@@ -12,10 +12,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from prune4rel_jax import parallel
 from prune4rel_jax.errors import UserError
 from prune4rel_jax.selection.base import Method, SelectionInputs, rank_select
 from prune4rel_jax.selection.geometry import symmetric_kl
-from prune4rel_jax.selection.records import map_examples
 
 
 def neighbour_divergence(features, log_probs, index, labels, all_features, all_log_probs, all_labels, *,
@@ -49,13 +49,13 @@ class Cal(Method):
   def select(self, inputs: SelectionInputs, budget: int) -> np.ndarray:
     n = len(inputs.labels)
     features = inputs.features.astype(np.float32)
-    log_probs = map_examples(lambda z: jax.nn.log_softmax(z.astype(jnp.float32)), self.mesh, inputs.logits)
+    log_probs = parallel.map_examples(lambda z: jax.nn.log_softmax(z.astype(jnp.float32)), self.mesh, inputs.logits)
     labels = inputs.labels.astype(np.int32)
 
     def score(f, lp, i, y, all_f, all_lp, all_y):
       return neighbour_divergence(f, lp, i, y, all_f, all_lp, all_y, neighbours=min(self.hp.neighbors, n - 1),
                                   same_class=self.cfg.balance)
 
-    scores = map_examples(score, self.mesh, features, log_probs, np.arange(n, dtype=np.int32), labels,
-                          shared=(features, log_probs, labels), floats_per_row=n)
+    scores = parallel.map_examples(score, self.mesh, features, log_probs, np.arange(n, dtype=np.int32), labels,
+                                   shared=(features, log_probs, labels), floats_per_row=n)
     return rank_select(scores, budget, labels, inputs.num_classes, self.cfg.balance, highest=False)

@@ -191,7 +191,7 @@ class Report:
             f"Set selection.prune4rel.tau=auto (or raise tau), or raise eta; "
             f"`prune4rel-select --run WORKDIR --taus ...` shows the effect without retraining")
 
-  def plot(self, path: str) -> None:
+  def figure(self):
     """Neighbour counts at τ, expected coverage against τ, and each pick's gain with its runner-up's."""
     import matplotlib
     matplotlib.use("Agg")
@@ -221,5 +221,4 @@ class Report:
     for ax in (ax_counts, ax_coverage, ax_gains):
       ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig

@@ -13,7 +13,6 @@ import numpy as np
 
 from prune4rel_jax import parallel
 from prune4rel_jax.selection.base import Method, SelectionInputs, class_quotas
-from prune4rel_jax.selection.records import map_examples, pad_rows, shard_rows
 
 
 def euclidean(points: jax.Array, centre: jax.Array) -> jax.Array:
@@ -73,7 +72,7 @@ class ClassWiseGreedy(Method):
   def select(self, inputs: SelectionInputs, budget: int) -> np.ndarray:
     n, labels = len(inputs.labels), inputs.labels
     rows = -(-n // self.mesh.devices.size) * self.mesh.devices.size
-    points = tuple(shard_rows(self.mesh, pad_rows(a, rows)) for a in self.points(inputs))
+    points = tuple(parallel.shard_rows(self.mesh, parallel.pad_rows(a, rows)) for a in self.points(inputs))
     if self.cfg.balance:
       groups = [(labels == c, q) for c, q in enumerate(class_quotas(labels, inputs.num_classes, budget)) if q]
     else:
@@ -81,7 +80,7 @@ class ClassWiseGreedy(Method):
     rng = np.random.default_rng(self.seed)
     picks = []
     for members, count in groups:
-      eligible = shard_rows(self.mesh, np.concatenate([members, np.zeros(rows - n, bool)]))
+      eligible = parallel.shard_rows(self.mesh, np.concatenate([members, np.zeros(rows - n, bool)]))
       order = self.greedy(points, eligible, members, count, max(c for _, c in groups), rng)
       picks.append(parallel.to_host(order)[:count])
     return np.concatenate(picks)
@@ -106,7 +105,7 @@ class ContextualDiversity(KCenterGreedy):
   distance = staticmethod(symmetric_kl)
 
   def points(self, inputs: SelectionInputs) -> tuple[np.ndarray, ...]:
-    return (map_examples(lambda z: jax.nn.log_softmax(z.astype(jnp.float32)), self.mesh, inputs.logits),)
+    return (parallel.map_examples(lambda z: jax.nn.log_softmax(z.astype(jnp.float32)), self.mesh, inputs.logits),)
 
 
 class Herding(ClassWiseGreedy):

@@ -10,12 +10,13 @@ greedy picks by index: `tie_break="gain"` ranks by the gain computed without can
 (`log_tanh_difference`), and `selection/diagnostics.py` reports how many picks were ties (and sets tau/eta="auto").
 With `balance`, step t draws from one noisy-label class, round-robin (`class_schedule`, the original's rule).
 
-The greedy runs on device as one jitted `while_loop` over rounds, with embeddings, NC and the selected mask
-sharded along the example axis. A round proposes the next few steps' picks at once (each step's best remaining
-example of its class, in step order, from one sort per round), keeps the longest prefix in which no proposal's
-gain depends on an earlier one's pick (gains only fall after a pick, so this prefix is exactly what the
-one-at-a-time greedy picks next, in the same order), and adds the kept picks to NC with one blocked [N, d]×[d, B]
-pass. The number of proposals per round adapts to how many the last round kept.
+The greedy runs on device as a jitted `while_loop` over rounds (paused every 5 % of the budget to show progress),
+with embeddings, NC and the selected mask sharded along the example axis. A round proposes the next few steps'
+picks at once (each step's best remaining example of its class, in step order: one top-k per class and device,
+then one sort of those few offers), keeps the longest prefix in which no proposal's gain depends on an earlier
+one's pick (gains only fall after a pick, so this prefix is exactly what the one-at-a-time greedy picks next, in
+the same order), and adds the kept picks to NC with one blocked [N, d]×[d, B] pass. The number of proposals per
+round adapts to how many the last round kept.
 """
 
 import dataclasses
@@ -28,7 +29,9 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from prune4rel_jax import parallel
+from prune4rel_jax.data.augment import VIEWS
 from prune4rel_jax.errors import UserError
+from prune4rel_jax.progress import Progress
 from prune4rel_jax.selection import diagnostics, similarity
 from prune4rel_jax.selection.base import Method, SelectionInputs
 
@@ -40,6 +43,11 @@ TIE_BREAKS = ("index", "gain")
 # threshold: the check and the NC update compute the same similarity in different matmuls, which may round
 # differently. A false alarm only ends a round early; it never changes the result.
 NEIGHBOUR_MARGIN = 1e-5
+PROGRESS_UPDATES = 20  # times the greedy hands control back to the host to show progress
+# On CPU a round's [block, proposals] similarity tile should stay in cache (1 MiB; GPUs keep `block_size`): at
+# 100k×512 with 256 proposals, 1024-row blocks ran the NC update 1.18× as fast as 4096-row ones
+# (benchmarks/README.md, selection).
+CPU_TILE_FLOATS = 2**18
 
 
 def confidence(probs: np.ndarray, uncertainty: str) -> np.ndarray:
@@ -109,12 +117,46 @@ def proposal_widths(max_proposals: int, rows_per_device: int) -> tuple[int, ...]
   return tuple(sorted({min(4**i, cap) for i in range(1, 12)} | {cap}))
 
 
+def class_depth(width: int, num_classes: int) -> int:
+  """How many of each class's best a class round of `width` steps ranks, the runner-up included. The round-robin
+  gives one class at most ⌈width/C⌉ of the steps while all C classes remain; twice that leaves room for classes
+  running out. A round whose window needs more ranks to the full width (`build_greedy`)."""
+  return min(width, 2 * -(-width // num_classes)) + 1
+
+
+def class_rows(labels: np.ndarray, devices: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+  """Each device's examples grouped by class, in index order, in rows of `length`: ([devices·R, length] local
+  indices, padded with the device's row count; [devices·R] each row's class, padded with int32 max), R the most
+  rows a device needs. `labels` [devices·rows per device]: −1 for padding, which no row holds. A class round
+  ranks candidates within these rows, so its top-k runs over a few rows of one class each, not N."""
+  per_device = labels.reshape(devices, -1)
+  n = per_device.shape[1]
+  tables, classes = [], []
+  for device_labels in per_device:
+    order = np.argsort(device_labels, kind="stable")
+    order = order[device_labels[order] >= 0]
+    present, first, sizes = np.unique(device_labels[order], return_index=True, return_counts=True)
+    rows = -(-sizes // length)
+    within = np.arange(len(order)) - np.repeat(first, sizes)
+    table = np.full((rows.sum(), length), n, np.int32)
+    table[np.repeat(np.cumsum(rows) - rows, sizes) + within // length, within % length] = order
+    tables.append(table)
+    classes.append(np.repeat(present, rows).astype(np.int32))
+  most = max(len(t) for t in tables)
+  tables = [np.concatenate([t, np.full((most - len(t), length), n, np.int32)]) for t in tables]
+  classes = [np.concatenate([c, np.full(most - len(c), np.iinfo(np.int32).max, np.int32)]) for c in classes]
+  return np.concatenate(tables), np.concatenate(classes)
+
+
 @functools.lru_cache(maxsize=None)
 def build_greedy(mesh: jax.sharding.Mesh, metric: str, gain: str, block: int, widths: tuple[int, ...],
-                 tie_break: str = "index"):
-  """The jitted greedy for one mesh and option set: f(embeddings, conf, labels, valid, schedule, budget, tau,
-  eta) -> (order, float32 gain of each pick, of its runner-up [padded], [rounds, proposals], objective
-  Σ tanh(NC/eta)). tau and eta are arguments, not constants: trying several compiles once.
+                 tie_break: str = "index", num_classes: int = 1):
+  """The jitted greedy for one mesh and option set: f(state, embeddings, conf, (class rows, row classes), valid,
+  schedule, stop_at, budget, tau, eta) -> (state, objective Σ tanh(NC/eta)) runs rounds from `state`
+  (`initial_state`) until `stop_at` picks are made; the state holds the order, the float32 gain of each pick and
+  of its runner-up [padded] and [rounds, proposals]. The class rows are `class_rows` of the labels, whose
+  `num_classes` distinct classes set how deep a class round ranks (`class_depth`). tau and eta are arguments,
+  not constants: trying several compiles once.
 
   Candidates are ranked by a key: the float32 gain (`tie_break="index"`, the original: once tanh saturates,
   gains are exactly 0 and the lowest index wins), or the same gain computed without cancellation
@@ -139,10 +181,10 @@ def build_greedy(mesh: jax.sharding.Mesh, metric: str, gain: str, block: int, wi
     rows = jnp.where(mine.reshape(mine.shape + (1,) * (array.ndim - 1)), array[local], 0)
     return jax.lax.psum(rows, parallel.DATA)
 
-  def propose_any(keys, gains, labels, window, offset, width):
+  def propose_any(keys, gains, groups, window, rank, offset, width):
     """Unconstrained steps: the `width` largest keys (lowest index on ties), in order, with their float32 gains
     and each one's runner-up (the next in that order)."""
-    del labels, window
+    del groups, window, rank
     n = keys.shape[0]
     pad = width + 1 - min(width + 1, n)  # a device may hold fewer rows than a round needs with its runner-up
     keys = jnp.concatenate([keys, jnp.full(pad, -jnp.inf)])
@@ -154,30 +196,27 @@ def build_greedy(mesh: jax.sharding.Mesh, metric: str, gain: str, block: int, wi
          *(jax.lax.all_gather(x, parallel.DATA, tiled=True) for x in offered[1:])), num_keys=2)
     return where[:width], offered_gains[:width], offered_gains[1:width + 1]
 
-  def propose_by_class(keys, gains, labels, window, offset, width):
-    """Class-constrained steps: step m takes the r-th best remaining example of its class, r = how many earlier
-    steps of the window serve that class (the one-at-a-time "best not proposed yet", with one sort instead of
-    `width` argmaxes). Each device offers, for every step, its own r-th best of the step's class, and for the
-    class's last step in the window also its (r+1)-th: together the offers hold every class's global top r + 1,
-    and one sort of them ranks those (lowest index on ties). Also returns the picks' float32 gains and their
-    runner-ups' (the next offer of the class)."""
+  def propose_by_class(keys, gains, groups, window, rank, offset, depth):
+    """Class-constrained steps: step m takes the r-th best remaining example of its class, r = `rank[m]` (how
+    many earlier steps of the window serve that class: the one-at-a-time "best not proposed yet"). Each class row
+    (`class_rows`: examples of one class on one device) offers its `depth` best (≥ r + 2) by one top-k, lowest
+    index on ties: together the offers hold every class's global top `depth`, and one sort of them ranks those.
+    That sort holds about `depth` offers per class and device; sorting all N keys by class instead took 10-15 %
+    of a round at 100k on CPU. Also returns the picks' float32 gains and their runner-ups' (the next offer of the
+    class; −inf when the class has no other example)."""
+    members, row_class = groups
     n = keys.shape[0]
-    by_class, by_key, by_index, by_gain = jax.lax.sort((labels, -keys, jnp.arange(n), gains), num_keys=3)
-    steps = jnp.arange(width)
-    same = window[None, :] == window[:, None]
-    rank = jnp.sum(same & (steps[None, :] < steps[:, None]), axis=1)
-    last = ~jnp.any(same & (steps[None, :] > steps[:, None]), axis=1)
-    start = jnp.searchsorted(by_class, window)
-    want = jnp.concatenate([start + rank, start + rank + 1])
-    at = jnp.minimum(want, n - 1)
-    offered = (want < n) & (by_class[at] == jnp.tile(window, 2))  # else the device has too few of the class
-    offered &= jnp.concatenate([jnp.ones(width, bool), last])
-    offers = (jnp.tile(window, 2), jnp.where(offered, by_key[at], jnp.inf), by_index[at] + offset,
-              jnp.where(offered, by_gain[at], -jnp.inf))
+    values, column = jax.lax.top_k(jnp.append(keys, -jnp.inf)[members], min(depth, members.shape[1]))
+    local = jnp.take_along_axis(members, column, axis=1)
+    mine = local < n  # else a row's padding
+    offers = (jnp.broadcast_to(row_class[:, None], local.shape), -values,
+              jnp.where(mine, local + offset, jnp.iinfo(jnp.int32).max),
+              jnp.where(mine, gains[jnp.minimum(local, n - 1)], -jnp.inf))
     classes, _, where, offered_gains = jax.lax.sort(
-        tuple(jax.lax.all_gather(x, parallel.DATA, tiled=True) for x in offers), num_keys=3)
+        tuple(jax.lax.all_gather(x.ravel(), parallel.DATA, tiled=True) for x in offers), num_keys=3)
     position = jnp.searchsorted(classes, window) + rank
-    return where[position], offered_gains[position], offered_gains[position + 1]
+    runner_ups = jnp.where(classes[position + 1] == window, offered_gains[position + 1], -jnp.inf)
+    return where[position], offered_gains[position], runner_ups
 
   def gains_of(nc, conf, embeddings, everything, tau, eta):
     """([n] float32 gains, [n] ranking keys): the keys are the gains themselves, or (tie_break="gain") the log of
@@ -219,7 +258,7 @@ def build_greedy(mesh: jax.sharding.Mesh, metric: str, gain: str, block: int, wi
   def make_round(width):
     def one_round(state, data):
       nc, taken, order, picked_gains, runner_up_gains, t, _, counts = state
-      embeddings, conf, labels, valid, schedule, budget, everything, tau, eta = data
+      embeddings, conf, groups, valid, schedule, budget, everything, tau, eta = data
       offset = jax.lax.axis_index(parallel.DATA) * nc.shape[0]
       gains, keys = (jnp.where(taken, -jnp.inf, x) for x in gains_of(nc, conf, embeddings, everything, tau, eta))
       window = jax.lax.dynamic_slice_in_dim(schedule, t, width)
@@ -227,9 +266,15 @@ def build_greedy(mesh: jax.sharding.Mesh, metric: str, gain: str, block: int, wi
       # for those alone; a schedule turns free at most once (class_schedule), so this rarely shortens a round.
       constrained = window >= 0
       alike = jnp.where(jnp.all(constrained == constrained[0]), width, jnp.argmax(constrained != constrained[0]))
-      proposals, proposal_gains, runner_ups = jax.lax.cond(
-          constrained[0], functools.partial(propose_by_class, width=width),
-          functools.partial(propose_any, width=width), keys, gains, labels, window, offset)
+      # A class round ranks each class `class_depth` deep, or to the full width where its window needs more.
+      steps = jnp.arange(width)
+      rank = jnp.sum((window[None, :] == window[:, None]) & (steps[None, :] < steps[:, None]), axis=1)
+      deep = jnp.any((rank + 2 > class_depth(width, num_classes)) & (steps < alike))
+      proposals, proposal_gains, runner_ups = jax.lax.switch(
+          jnp.where(constrained[0], 1 + deep, 0),
+          [functools.partial(propose_any, width=width),
+           functools.partial(propose_by_class, depth=class_depth(width, num_classes)),
+           functools.partial(propose_by_class, depth=width + 1)], keys, gains, groups, window, rank, offset)
       rows, proposal_conf = gather(embeddings, proposals, offset), gather(conf, proposals, offset)
       conflict = depends_on_earlier(rows, embeddings, valid, tau)
       kept = jnp.minimum(jnp.where(jnp.any(conflict), jnp.argmax(conflict), width), jnp.minimum(alike, budget - t))
@@ -250,28 +295,36 @@ def build_greedy(mesh: jax.sharding.Mesh, metric: str, gain: str, block: int, wi
   rounds_by_width = [make_round(w) for w in widths]
   width_options = np.asarray(widths)
 
-  def greedy(embeddings, conf, labels, valid, schedule, budget, tau, eta):
+  def greedy(state, embeddings, conf, groups, valid, schedule, stop_at, budget, tau, eta):
     everything = None  # the exact gain sums over every example: all of them on every device (O(N·d) each)
     if gain == "exact":
       everything = tuple(jax.lax.all_gather(x, parallel.DATA, tiled=True) for x in (embeddings, valid))
-    data = (embeddings, conf, labels, valid, schedule, budget, everything, tau, eta)
-    nothing = jnp.zeros(schedule.shape, jnp.float32)
-    state = (jnp.zeros(conf.shape, jnp.float32), ~valid, jnp.zeros(schedule.shape, jnp.int32), nothing, nothing,
-             jnp.int32(0), jnp.int32(widths[-1]), jnp.zeros(2, jnp.int32))
+    data = (embeddings, conf, groups, valid, schedule, budget, everything, tau, eta)
 
     def body(state):
       branch = jnp.minimum(jnp.searchsorted(width_options, 2 * state[6]), len(widths) - 1)
       return jax.lax.switch(branch, rounds_by_width, state, data)
 
-    nc, _, order, picked_gains, runner_up_gains, _, _, counts = jax.lax.while_loop(lambda s: s[5] < budget, body,
-                                                                                   state)
-    objective = jax.lax.psum(jnp.sum(jnp.where(valid, jnp.tanh(nc / eta), 0.0)), parallel.DATA)
-    return order, picked_gains, runner_up_gains, counts, objective
+    state = jax.lax.while_loop(lambda s: s[5] < jnp.minimum(stop_at, budget), body, state)
+    objective = jax.lax.psum(jnp.sum(jnp.where(valid, jnp.tanh(state[0] / eta), 0.0)), parallel.DATA)
+    return state, objective
 
   sharded = P(parallel.DATA)
-  mapped = jax.shard_map(greedy, mesh=mesh, in_specs=(sharded, sharded, sharded, sharded, P(), P(), P(), P()),
-                         out_specs=(P(), P(), P(), P(), P()), check_vma=False)
+  state_specs = (sharded, sharded, P(), P(), P(), P(), P(), P())
+  mapped = jax.shard_map(greedy, mesh=mesh, in_specs=(state_specs, sharded, sharded, sharded, sharded, *[P()] * 5),
+                         out_specs=(state_specs, P()), check_vma=False)
   return jax.jit(mapped)
+
+
+def initial_state(valid: jax.Array, padded_steps: int, first_width: int) -> tuple:
+  """The greedy's carry before the first pick: (NC, taken, order, picked gains, runner-up gains, picks, last
+  round's kept count, [rounds, proposals]); `valid` (sharded) marks real rows, padding counts as taken. The
+  rest is replicated on the mesh as the greedy returns it: host arrays would make the first chunk compile apart."""
+  nothing = np.zeros(padded_steps, np.float32)
+  rest = (np.zeros(padded_steps, np.int32), nothing, nothing, np.int32(0), np.int32(first_width),
+          np.zeros(2, np.int32))
+  return (jnp.zeros(valid.shape, jnp.float32, device=valid.sharding), ~valid,
+          *jax.device_put(rest, jax.sharding.NamedSharding(valid.sharding.mesh, P())))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,6 +344,8 @@ def greedy_select(mesh: jax.sharding.Mesh, embeddings: np.ndarray, conf: np.ndar
   """The `budget` greedy picks. `schedule[t]` is the class step t must pick from (−1: any), e.g.
   `class_schedule`; `embeddings` are used as given (`unit_rows` them for cossim)."""
   n = len(conf)
+  if mesh.devices.flat[0].platform == "cpu":
+    block_size = min(block_size, max(256, CPU_TILE_FLOATS // max_proposals))
   rows_per_device, block = similarity.layout(n, mesh.devices.size, block_size)
   widths = proposal_widths(max_proposals, rows_per_device)
   padded = rows_per_device * mesh.devices.size
@@ -298,11 +353,26 @@ def greedy_select(mesh: jax.sharding.Mesh, embeddings: np.ndarray, conf: np.ndar
   shard = functools.partial(similarity.shard_examples, mesh, rows_per_device=rows_per_device)
   steps = np.full(padded + widths[-1], -1, np.int32)
   steps[:budget] = schedule[:budget]
-  greedy = build_greedy(mesh, metric, gain, block, widths, tie_break)
-  outputs = greedy(shard(np.asarray(embeddings, np.float32)), shard(np.asarray(conf, np.float32)),
-                   shard(np.asarray(labels, np.int32)), shard(valid), steps, np.int32(budget), np.float32(tau),
-                   np.float32(eta))
-  order, gains, runner_up, counts, objective = (parallel.to_host(x) for x in outputs)
+  num_classes = len(np.unique(labels))
+  greedy = build_greedy(mesh, metric, gain, block, widths, tie_break, num_classes)
+  # Rows as long as a device's average class: at most 2·C rows and 2·N entries per device.
+  groups = class_rows(np.where(valid, parallel.pad_rows(np.asarray(labels, np.int32), padded), -1),
+                      mesh.devices.size, -(-rows_per_device // num_classes))
+  data = (shard(np.asarray(embeddings, np.float32)), shard(np.asarray(conf, np.float32)),
+          tuple(similarity.shard_examples(mesh, x, len(x) // mesh.devices.size) for x in groups), shard(valid),
+          steps)
+  state = initial_state(data[3], len(steps), widths[-1])
+  # The loop pauses every `chunk` picks to report progress: a pause falls between rounds, so it changes nothing.
+  chunk = max(1, -(-budget // PROGRESS_UPDATES))
+  progress = Progress(budget, "selection", unit="pick")
+  picked, objective = 0, 0.0  # F(∅) = 0
+  while picked < budget:
+    state, objective = greedy(state, *data, np.int32(picked + chunk), np.int32(budget), np.float32(tau),
+                              np.float32(eta))
+    now = int(state[5])  # waits for the chunk: on CPU meshes each computation must end before the next starts
+    progress.update(now - picked, lambda: {"F/N": float(objective) / n})
+    picked = now
+  order, gains, runner_up, counts = (parallel.to_host(x) for x in (state[2], state[3], state[4], state[7]))
   rounds, proposals = counts.tolist()
   return GreedyResult(order=order[:budget].astype(np.int64), gains=gains[:budget], runner_up=runner_up[:budget],
                       objective=float(objective), rounds=rounds, proposals=proposals)
@@ -328,7 +398,7 @@ class Prune4ReL(Method):
         gain="original",             # original (own-term gain, as the code) | exact (true marginal gain)
         tie_break="index",           # index (the original: equal float32 gains go to the lower index) | gain
                                      # (rank by the gain computed without cancellation: log_tanh_difference)
-        view="image_strong",         # the augmentation of the scoring pass (`make_view`); "test": none
+        view="image_strong",         # the augmentation of the scoring pass (`augment.VIEWS`); "test": none
         block_size=4096,             # rows per similarity block: memory O(block_size · max_proposals)
         max_proposals=256,           # most greedy steps one round proposes
         diagnostic_sample=256,       # examples whose τ-neighbourhoods the diagnostics and tau=auto measure
@@ -337,7 +407,7 @@ class Prune4ReL(Method):
   def __init__(self, cfg, mesh, seed):
     super().__init__(cfg, mesh, seed)
     for field, allowed in (("metric", METRICS), ("uncertainty", UNCERTAINTIES), ("gain", GAINS),
-                           ("tie_break", TIE_BREAKS)):
+                           ("tie_break", TIE_BREAKS), ("view", VIEWS)):
       self.require_choice(field, allowed)
     self.tau, self.eta = (diagnostics.parse_auto(f"selection.prune4rel.{field}", self.hp[field], low, high)
                           for field, low, high in (("tau", 0.0, 1.0), ("eta", 0.0, np.inf)))

@@ -1,10 +1,11 @@
 """Warm-up recorders: what selection methods read from the warmed-up network(s), computed on device.
 
-`warm_up` (train.py) trains the learner on the full noisy set, feeds every train step's per-example outputs to a
+`loop.WarmUp` trains the learner on the full noisy set, feeds every train step's per-example outputs to a
 `ForgettingRecorder` when the method counts forgetting events, then turns one evaluation-mode pass into the
 `SelectionInputs` fields the method `needs` (`record_run`); fields that need the network itself (DeepFool's
-attacks, `record_deepfool`) come from `Method.record_network`, given a `Network`. Per-example scores are jitted,
-vmapped functions run over example-sharded chunks (`map_examples`), so they are data-parallel like training.
+attacks, in `deepfool.py`) come from `Method.record_network`, given a `Network`. Per-example scores are jitted,
+vmapped functions run over example-sharded chunks (`parallel.map_examples`), so they are data-parallel like
+training.
 """
 
 import dataclasses
@@ -20,8 +21,6 @@ from prune4rel_jax.learners.base import cross_entropy
 # Fields computed from the evaluation-mode pass; one column per warm-up run for the `PER_RUN` ones.
 PREDICTION_FIELDS = frozenset({"logits", "features", "grad_norms", "error_norms"})
 PER_RUN = frozenset({"grad_norms", "error_norms"})
-# Upper bound on the floats one chunk of `map_examples` may materialise (per-example gradients are [d+1, C]).
-CHUNK_FLOATS = 2**26
 
 
 def _count_forgetting(state, index: jax.Array, correct: jax.Array):
@@ -57,42 +56,6 @@ class ForgettingRecorder:
 
   def events(self) -> np.ndarray:
     return parallel.to_host(self.state[1])
-
-
-def map_examples(fn: Callable[..., jax.Array], mesh: jax.sharding.Mesh, *arrays: np.ndarray,
-                 shared: tuple = (), floats_per_row: int | None = None, max_rows: int | None = None) -> np.ndarray:
-  """`fn(*chunks, *shared)` jitted over example-sharded chunks of `arrays` (a batched function of per-example
-  rows); `shared` host arrays are replicated on every device, `shared` pytrees of device arrays (a network state)
-  are used where they are. The last chunk is padded with row 0 and trimmed. A chunk holds at most
-  `CHUNK_FLOATS / floats_per_row` rows (`floats_per_row`: the largest per-example intermediate of `fn`, by
-  default its widest input row) and at most `max_rows` (rounded up to a multiple of the devices)."""
-  n = len(arrays[0])
-  devices = mesh.devices.size
-  floats_per_row = floats_per_row or max(int(np.prod(a.shape[1:], dtype=np.int64)) for a in arrays)
-  rows = max(devices, CHUNK_FLOATS // max(floats_per_row, 1) // devices * devices)
-  rows = min(rows, -(-min(n, max_rows or n) // devices) * devices)
-  sharding = parallel.example_sharded(mesh)
-  shared = [jax.make_array_from_callback(a.shape, parallel.replicated(mesh), lambda i, a=a: a[i])
-            if isinstance(a, np.ndarray) else a for a in shared]
-  jitted = jax.jit(fn, in_shardings=(sharding,) * len(arrays) + tuple(jax.tree.map(lambda x: x.sharding, a)
-                                                                         for a in shared),
-                   out_shardings=sharding)
-  out = []
-  for start in range(0, n, rows):
-    chunk = [np.asarray(a[start:start + rows]) for a in arrays]
-    outputs = jitted(*[shard_rows(mesh, pad_rows(c, rows)) for c in chunk], *shared)
-    out.append(parallel.to_host(outputs)[:len(chunk[0])])
-  return np.concatenate(out)
-
-
-def pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
-  """`array` grown to `rows` rows with copies of its first row (callers mask or trim them)."""
-  return np.concatenate([array, np.repeat(array[:1], rows - len(array), axis=0)]) if len(array) < rows else array
-
-
-def shard_rows(mesh: jax.sharding.Mesh, array: np.ndarray) -> jax.Array:
-  """A host array present on every process as a global array split along its rows over the mesh."""
-  return jax.make_array_from_callback(array.shape, parallel.example_sharded(mesh), lambda i: array[i])
 
 
 def _example_grad_norm(logits: jax.Array, features: jax.Array, label: jax.Array) -> jax.Array:
@@ -139,66 +102,6 @@ class Network:
   batch_size: int
 
 
-def deepfool_norms(logits_of: Callable[[jax.Array], jax.Array], images: jax.Array, scale: jax.Array,
-                   max_iter: int) -> jax.Array:
-  """‖r‖² of the DeepFool perturbation (Moosavi-Dezfooli et al. 2016, as DeepCore: no overshoot) that flips each
-  image's prediction, r in normalised-input units (pixels move by r·`scale`).
-
-  A step linearises every logit around the current point and moves onto the nearest linearised boundary between
-  the original prediction k̂ and another class k: r = |f_k − f_k̂| / ‖w_k‖² · w_k, w_k = ∇f_k − ∇f_k̂. An example
-  stops once its prediction changes, all stop after `max_iter` steps. The C input gradients of a step come from
-  one forward pass and C backward passes (`lax.map` over one-hot cotangents: one backward's memory at a time)."""
-  x0 = images.astype(jnp.float32)
-  batch = jnp.arange(x0.shape[0])
-
-  def logits_at(u):
-    return logits_of(x0 + u * scale).astype(jnp.float32)
-
-  zero = jnp.zeros_like(x0)
-  start = logits_at(zero)
-  first = jnp.argmax(start, -1)
-  classes = jax.nn.one_hot(first, start.shape[-1], dtype=bool)
-
-  def step(carry):
-    i, u, active = carry
-    f, pullback = jax.vjp(logits_at, u)
-    cotangents = jnp.broadcast_to(jnp.eye(f.shape[-1], dtype=f.dtype)[:, None, :], (f.shape[-1],) + f.shape)
-    grads = jax.lax.map(lambda c: pullback(c)[0].reshape(f.shape[0], -1), cotangents)  # [C, B, D]
-    w = grads - grads[first, batch][None]
-    norms = jnp.linalg.norm(w, axis=-1).T  # [B, C]
-    gaps = jnp.abs(f - f[batch, first][:, None])
-    distances = jnp.where(classes | (norms == 0), jnp.inf, gaps / jnp.where(norms == 0, 1.0, norms))
-    target = jnp.argmin(distances, -1)
-    length = distances[batch, target] / norms[batch, target]
-    moving = active & jnp.isfinite(length)
-    r = jnp.where(moving[:, None], length[:, None] * w[target, batch], 0.0)
-    u = u + r.reshape(u.shape)
-    return i + 1, u, active & (jnp.argmax(logits_at(u), -1) == first)
-
-  def unfinished(carry):
-    i, _, active = carry
-    return (i < max_iter) & jnp.any(active)
-
-  u = jax.lax.while_loop(unfinished, step, (0, zero, jnp.ones(first.shape, bool)))[1]
-  return jnp.sum(u.reshape(u.shape[0], -1) ** 2, -1)
-
-
-def record_deepfool(network: Network, mesh: jax.sharding.Mesh, max_iter: int) -> np.ndarray:
-  """`deepfool_norms` of every training image, over example-sharded chunks of at most `network.batch_size`
-  images (DeepCore attacks `selection_batch` images at a time)."""
-  scale = 255.0 * np.asarray(network.std, np.float32)
-
-  def attack(images, state):
-    return deepfool_norms(lambda x: network.predict(state, x)[0], images, scale, max_iter)
-
-  images = network.images
-  one_image = jax.ShapeDtypeStruct((1, *images.shape[1:]), jnp.uint8)
-  num_classes = jax.eval_shape(network.predict, network.state, one_image)[0].shape[-1]
-  pixels = int(np.prod(images.shape[1:]))
-  return map_examples(attack, mesh, images, shared=(network.state,), floats_per_row=(num_classes + 1) * pixels,
-                      max_rows=network.batch_size)  # the C input gradients of a chunk: [C, rows, pixels]
-
-
 def record_run(needs: frozenset[str], labels: np.ndarray, mesh: jax.sharding.Mesh,
                predictions: Mapping[str, np.ndarray] | None,
                forgetting: ForgettingRecorder | None) -> dict[str, np.ndarray]:
@@ -210,10 +113,10 @@ def record_run(needs: frozenset[str], labels: np.ndarray, mesh: jax.sharding.Mes
       record[field] = predictions[field]
   if "grad_norms" in needs:
     logits, features = predictions["logits"], predictions["features"]
-    record["grad_norms"] = map_examples(grad_norms, mesh, logits, features, labels,
-                                        floats_per_row=(features.shape[1] + 1) * logits.shape[1])
+    record["grad_norms"] = parallel.map_examples(grad_norms, mesh, logits, features, labels,
+                                                 floats_per_row=(features.shape[1] + 1) * logits.shape[1])
   if "error_norms" in needs:
-    record["error_norms"] = map_examples(error_norms, mesh, predictions["logits"], labels)
+    record["error_norms"] = parallel.map_examples(error_norms, mesh, predictions["logits"], labels)
   if "forgetting_events" in needs:
     record["forgetting_events"] = forgetting.events()
   return record

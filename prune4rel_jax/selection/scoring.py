@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from prune4rel_jax import parallel
 from prune4rel_jax.errors import UserError
 from prune4rel_jax.learners.base import cross_entropy
 from prune4rel_jax.selection.base import Method, SelectionInputs, class_quotas, rank_select
-from prune4rel_jax.selection.records import map_examples
 
 
 class SmallLoss(Method):
@@ -18,7 +18,7 @@ class SmallLoss(Method):
   needs = frozenset({"logits"})
 
   def select(self, inputs: SelectionInputs, budget: int) -> np.ndarray:
-    losses = map_examples(cross_entropy, self.mesh, inputs.logits, inputs.labels)
+    losses = parallel.map_examples(cross_entropy, self.mesh, inputs.logits, inputs.labels)
     return rank_select(losses, budget, inputs.labels, inputs.num_classes, self.cfg.balance, highest=False)
 
 
@@ -55,7 +55,7 @@ class Uncertainty(Method):
     return ml_collections.ConfigDict(dict(score="Margin"))  # `--uncertainty` (the scripts pass LeastConfidence)
 
   def select(self, inputs: SelectionInputs, budget: int) -> np.ndarray:
-    scores = map_examples(UNCERTAINTY_SCORES[self.hp.score], self.mesh, inputs.logits)
+    scores = parallel.map_examples(UNCERTAINTY_SCORES[self.hp.score], self.mesh, inputs.logits)
     return rank_select(scores, budget, inputs.labels, inputs.num_classes, self.cfg.balance, highest=False)
 
 
@@ -125,7 +125,7 @@ class Moderate(Method):
   def select(self, inputs: SelectionInputs, budget: int) -> np.ndarray:
     labels = inputs.labels
     medians = np.stack([np.median(inputs.features[labels == c], axis=0) for c in range(inputs.num_classes)])
-    distances = map_examples(distance_to_rows, self.mesh, inputs.features, medians[labels])
+    distances = parallel.map_examples(distance_to_rows, self.mesh, inputs.features, medians[labels])
     order = np.argsort(distances, kind="stable")
     if not self.cfg.balance:
       return middle_band(order, budget)

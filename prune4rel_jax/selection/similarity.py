@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prune4rel_jax.selection.records import pad_rows, shard_rows
+from prune4rel_jax import parallel
 
 
 def layout(num_examples: int, num_devices: int, block_size: int) -> tuple[int, int]:
@@ -24,7 +24,7 @@ def layout(num_examples: int, num_devices: int, block_size: int) -> tuple[int, i
 
 def shard_examples(mesh: jax.sharding.Mesh, array: np.ndarray, rows_per_device: int) -> jax.Array:
   """`array` padded (with copies of row 0; mask them) to `rows_per_device` rows per device, split over the mesh."""
-  return shard_rows(mesh, pad_rows(array, rows_per_device * mesh.devices.size))
+  return parallel.shard_rows(mesh, parallel.pad_rows(array, rows_per_device * mesh.devices.size))
 
 
 def cosine_similarity(rows: jax.Array, columns: jax.Array) -> jax.Array:

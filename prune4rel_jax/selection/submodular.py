@@ -22,7 +22,7 @@ import numpy as np
 
 from prune4rel_jax import parallel
 from prune4rel_jax.selection.base import Method, SelectionInputs, class_quotas
-from prune4rel_jax.selection.records import loss_residuals, map_examples
+from prune4rel_jax.selection.records import loss_residuals
 
 HIGHEST = jax.lax.Precision.HIGHEST
 TINY = float(np.finfo(np.float32).tiny)
@@ -33,7 +33,7 @@ APPROXIMATE_BETA = 0.9     # DeepCore's ApproximateLazyGreedy `beta`
 # ---- gradient similarities ------------------------------------------------------------------------------------
 def gradient_factors(inputs: SelectionInputs, mesh: jax.sharding.Mesh) -> tuple[np.ndarray, np.ndarray]:
   """(r [N, C], ẽ = [1, e] [N, d+1]): g_i = r_i ⊗ ẽ_i up to the order of its entries."""
-  residuals = map_examples(loss_residuals, mesh, inputs.logits, inputs.labels.astype(np.int32))
+  residuals = parallel.map_examples(loss_residuals, mesh, inputs.logits, inputs.labels.astype(np.int32))
   features = np.asarray(inputs.features, np.float32)
   return residuals, np.concatenate([np.ones((len(features), 1), np.float32), features], 1)
 

@@ -1,6 +1,8 @@
-"""Tiny copies of each dataset's on-disk format (real file names, keys and layouts; a few random images), for the
-tests and the pipeline benchmark. Each writer returns what it wrote, so a reader can be checked against it; the
-JPEG writers take the range of image sides (`sides`), small for tests, photo-sized for the benchmark."""
+"""Test fixtures: tiny copies of each dataset's on-disk format (real file names, keys and layouts; a few random
+images). Training never imports this module; it is in the package rather than under tests/ because
+`benchmarks/pipeline.py` writes these copies too. Each writer returns what it wrote, so a reader can be checked
+against it; the JPEG writers take the range of image sides (`sides`), small for tests, photo-sized for the
+benchmark."""
 
 import gzip
 import json
