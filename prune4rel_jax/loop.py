@@ -24,6 +24,7 @@ from prune4rel_jax.learners import Learner
 from prune4rel_jax.progress import LOG
 from prune4rel_jax.reporting import RunWriter
 from prune4rel_jax.selection import Method, SelectionInputs, records
+from prune4rel_jax.selection.base import Network
 from prune4rel_jax.warmup_cache import WarmupCache
 
 
@@ -97,26 +98,27 @@ class WarmUp:
     return self.learner.mesh
 
   @property
-  def counts_forgetting(self) -> bool:
-    """Forgetting counters are kept for the method that reads them, and for every run stored in a cache (another
-    method sharing it may read them)."""
-    return "forgetting_events" in self.method.needs or self.cache is not None
+  def records_steps(self) -> bool:
+    """Train-step signals (forgetting counters) are kept for the method that reads them, and for every run stored
+    in a cache (another method sharing it may read them)."""
+    return bool(self.method.needs & records.STEP_FIELDS) or self.cache is not None
 
   def fresh(self, run: int) -> dict:
     """Warm-up run `run`'s initial state: {"learner": …[, "forgetting": counters]}, what save points hold."""
     state = {"learner": self.learner.init(jax.random.fold_in(jax.random.fold_in(self.key, run), 1),
                                           self.dataset.image_shape, self.dataset.num_train)}
-    if self.counts_forgetting:
-      state["forgetting"] = records.ForgettingRecorder(self.dataset.num_train, self.mesh).state
+    if self.records_steps:
+      state["forgetting"] = records.zero_counters(self.dataset.num_train, self.mesh)
     return state
+
+  def forgetting(self, state: dict) -> records.ForgettingRecorder | None:
+    """The recorder that continues `state`'s forgetting counters, if it keeps them."""
+    return records.ForgettingRecorder(state["forgetting"], self.mesh) if "forgetting" in state else None
 
   def train(self, run: int, state: dict, start_epoch: int, finished: list[dict]) -> dict:
     """Warm-up run `run` from `start_epoch`, saving as it goes (with the records of the `finished` runs)."""
     epochs = self.config.selection.warmup_epochs
-    forgetting = None
-    if "forgetting" in state:
-      forgetting = records.ForgettingRecorder(self.dataset.num_train, self.mesh)
-      forgetting.state = state["forgetting"]
+    forgetting = self.forgetting(state)
 
     def save(epoch: int, learner_state) -> None:
       saved = {"learner": learner_state, **({"forgetting": forgetting.state} if forgetting else {})}
@@ -153,14 +155,10 @@ class WarmUp:
       predictions = evaluate.predict_dataset(self.learner, learner_state, dataset.train_images,
                                              np.arange(dataset.num_train), config.eval_batch_size, view,
                                              seed=config.seed, desc=f"scoring ({self.method.view} view)")
-    forgetting = None
-    if "forgetting" in state:
-      forgetting = records.ForgettingRecorder(dataset.num_train, self.mesh)
-      forgetting.state = state["forgetting"]
-    network = records.Network(self.learner.predict, learner_state, dataset.train_images, dataset.std,
-                              config.eval_batch_size)
-    return {**records.record_run(self.method.needs, dataset.train_labels, self.mesh, predictions, forgetting),
-            **self.method.record_network(network)}
+    network = Network(self.learner.predict, learner_state, dataset.train_images, dataset.std, config.eval_batch_size)
+    run = records.WarmedUp(network, dataset.train_labels, self.mesh, self.method.hp, predictions,
+                           self.forgetting(state))
+    return records.record_run(self.method.needs, run)
 
   def __call__(self) -> SelectionInputs:
     """Every warm-up run (resumed from the newest save point), then the combined records."""

@@ -82,9 +82,10 @@ def prepare_run_dir(workdir: str, config, existing: str = "auto") -> None:
     stored = json.loads((workdir / "config.json").read_text())
     changed = differences(comparable(stored), comparable(json.loads(config.to_json_best_effort())))
     if existing == "resume":
-      changed = [c for c in changed if c.split(":")[0].split(".")[0] not in FUTURE_ONLY]
+      changed = [(name, old, new) for name, old, new in changed if name.split(".")[0] not in FUTURE_ONLY]
     if changed:
-      shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+      shown = ", ".join(f"{name}: {old!r} -> {new!r}" for name, old, new in changed[:5])
+      shown += f" and {len(changed) - 5} more" if len(changed) > 5 else ""
       if existing == "resume":
         raise UserError(f"--resume cannot change what the run in {workdir} has already computed ({shown}); only "
                         f"{', '.join(FUTURE_ONLY)} may change. Use --overwrite to start afresh, or another --workdir")
@@ -105,15 +106,15 @@ def comparable(config: dict) -> dict:
   return kept
 
 
-def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-  """Dotted names of the fields that differ, with both values."""
+def differences(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+  """(dotted name, old value, new value) of every field that differs."""
   changed = []
   for key in sorted(set(old) | set(new)):
     a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
     if isinstance(a, dict) and isinstance(b, dict):
       changed += differences(a, b, f"{prefix}{key}.")
     elif a != b:
-      changed.append(f"{prefix}{key}: {a!r} -> {b!r}")
+      changed.append((f"{prefix}{key}", a, b))
   return changed
 
 

@@ -146,7 +146,7 @@ def _forgetting_reference(batches, n):
 def test_forgetting_recorder_counts_correct_to_incorrect_flips():
   rng = np.random.default_rng(0)
   n = 12
-  recorder = records.ForgettingRecorder(n, MESH)
+  recorder = records.ForgettingRecorder(records.zero_counters(n, MESH), MESH)
   batches = []
   for step in range(30):
     index = rng.permutation(n)[:8]

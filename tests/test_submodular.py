@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from prune4rel_jax import parallel, train
-from prune4rel_jax.selection import METHODS, SelectionInputs, deepfool, records, submodular
-from prune4rel_jax.selection.base import class_quotas
+from prune4rel_jax.selection import METHODS, SelectionInputs, deepfool, submodular
+from prune4rel_jax.selection.base import Network, class_quotas
 from prune4rel_jax.selection.gradmatch import orthogonal_matching_pursuit
 from test_end_to_end import quickstart_config
 
@@ -268,7 +268,7 @@ def _linear_network(images, std=(1.0,)):
   def predict(state, x):
     return x.reshape(x.shape[0], -1) @ state["w"] + state["b"], x
 
-  return records.Network(predict, state, images, std, batch_size=16), w, b
+  return Network(predict, state, images, std, batch_size=16), w, b
 
 
 def test_deepfool_on_a_linear_model_is_the_distance_to_the_nearest_boundary():
@@ -300,7 +300,7 @@ def test_deepfool_takes_newton_steps_until_max_iter():
     v = x.reshape(-1)
     return jnp.stack([jnp.zeros_like(v), jnp.log(v / state["boundary"])], 1), x
 
-  network = records.Network(predict, state, images, (1 / 255.0,), batch_size=8)  # normalised units = pixels
+  network = Network(predict, state, images, (1 / 255.0,), batch_size=8)  # normalised units = pixels
   for max_iter in (1, 3):
     v = images.reshape(-1).astype(np.float64)
     for _ in range(max_iter):

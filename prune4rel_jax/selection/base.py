@@ -1,6 +1,7 @@
 """The one interface every selection method implements, and the record the warm-up fills for it."""
 
 import dataclasses
+from collections.abc import Callable
 from typing import ClassVar
 
 import jax
@@ -29,10 +30,24 @@ class SelectionInputs:
     return e / e.sum(-1, keepdims=True)
 
 
+@dataclasses.dataclass(frozen=True)
+class Network:
+  """A warmed-up network, for records that need the network itself rather than its outputs (DeepFool):
+  `predict(state, images) -> (logits, features)` in evaluation mode, the training images it scores, the
+  per-channel std the model normalises pixels by (perturbations are measured on normalised inputs) and how many
+  images one jitted chunk may hold."""
+  predict: Callable
+  state: object
+  images: np.ndarray
+  std: tuple[float, ...]
+  batch_size: int
+
+
 class Method:
   """A data-pruning method: picks `budget` training examples from a `SelectionInputs`."""
   name: ClassVar[str]
-  # The `SelectionInputs` fields it reads; an empty set means no warm-up is run (e.g. Uniform).
+  # The `SelectionInputs` fields it reads, each computed by `records.RECORDERS`; an empty set means no warm-up is run
+  # (e.g. Uniform).
   needs: ClassVar[frozenset[str]] = frozenset()
   # The view of the scoring pass, one of `augment.VIEWS`: "test" (no augmentation); Prune4ReL's is configurable.
   view: ClassVar[str] = "test"
@@ -52,12 +67,6 @@ class Method:
   def defaults(cls) -> ml_collections.ConfigDict:
     """This method's options (its `config.selection.<name>` section), defaults = the original's."""
     return ml_collections.ConfigDict()
-
-  def record_network(self, network) -> dict[str, np.ndarray]:
-    """The `SelectionInputs` fields that need a warmed-up network itself (a `records.Network`), not only its
-    outputs, e.g. DeepFool's attacks; called once per warm-up run. Most methods need none."""
-    del network
-    return {}
 
   def select(self, inputs: SelectionInputs, budget: int) -> np.ndarray:
     """Indices into the training set, `budget` of them, in the order they were chosen."""

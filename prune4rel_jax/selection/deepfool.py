@@ -1,8 +1,8 @@
 """DeepFool (Ducoffe & Precup 2018, as DeepCore codes it): the examples closest to the decision boundary first,
 measured by the squared norm of the DeepFool perturbation that flips the warmed-up network's prediction.
 
-The attack needs the network, so it runs at the end of the warm-up (`record_network`): `deepfool_norms`, jitted
-over example-sharded chunks of the training images (test view, as DeepCore's `dst_train`).
+The attack needs the network, so `records.RECORDERS` runs it at the end of the warm-up (`record_deepfool`):
+`deepfool_norms`, jitted over example-sharded chunks of the training images (test view, as DeepCore's `dst_train`).
 """
 
 from collections.abc import Callable
@@ -14,8 +14,7 @@ import numpy as np
 
 from prune4rel_jax import parallel
 from prune4rel_jax.errors import UserError
-from prune4rel_jax.selection import records
-from prune4rel_jax.selection.base import Method, SelectionInputs, rank_select
+from prune4rel_jax.selection.base import Method, Network, SelectionInputs, rank_select
 
 
 def deepfool_norms(logits_of: Callable[[jax.Array], jax.Array], images: jax.Array, scale: jax.Array,
@@ -62,7 +61,7 @@ def deepfool_norms(logits_of: Callable[[jax.Array], jax.Array], images: jax.Arra
   return jnp.sum(u.reshape(u.shape[0], -1) ** 2, -1)
 
 
-def record_deepfool(network: records.Network, mesh: jax.sharding.Mesh, max_iter: int) -> np.ndarray:
+def record_deepfool(network: Network, mesh: jax.sharding.Mesh, max_iter: int) -> np.ndarray:
   """`deepfool_norms` of every training image, over example-sharded chunks of at most `network.batch_size`
   images (DeepCore attacks `selection_batch` images at a time)."""
   scale = 255.0 * np.asarray(network.std, np.float32)
@@ -91,9 +90,6 @@ class DeepFool(Method):
   @classmethod
   def defaults(cls):
     return ml_collections.ConfigDict(dict(max_iter=50))  # DeepCore's `max_iter`
-
-  def record_network(self, network: records.Network) -> dict[str, np.ndarray]:
-    return {"deepfool_norms": record_deepfool(network, self.mesh, self.hp.max_iter)}
 
   def select(self, inputs: SelectionInputs, budget: int) -> np.ndarray:
     """The smallest perturbations (DeepCore sorts ascending), globally or per noisy-label class."""

@@ -1,11 +1,11 @@
 """Warm-up recorders: what selection methods read from the warmed-up network(s), computed on device.
 
-`loop.WarmUp` trains the learner on the full noisy set, feeds every train step's per-example outputs to a
-`ForgettingRecorder` when the method counts forgetting events, then turns one evaluation-mode pass into the
-`SelectionInputs` fields the method `needs` (`record_run`); fields that need the network itself (DeepFool's
-attacks, in `deepfool.py`) come from `Method.record_network`, given a `Network`. Per-example scores are jitted,
-vmapped functions run over example-sharded chunks (`parallel.map_examples`), so they are data-parallel like
-training.
+A method declares the `SelectionInputs` fields it reads in `Method.needs`, and nothing else: `RECORDERS` computes
+each field from a finished warm-up run (`WarmedUp`). `loop.WarmUp` trains the learner on the full noisy set, feeds
+every train step's per-example outputs to a `ForgettingRecorder` when a `STEP_FIELDS` field is needed, runs one
+evaluation-mode scoring pass when a `PREDICTION_FIELDS` one is, and calls `record_run`. Per-example scores are
+jitted, vmapped functions over example-sharded chunks (`parallel.map_examples`, DeepFool's attack too), so they
+are data-parallel like training.
 """
 
 import dataclasses
@@ -13,13 +13,18 @@ from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from prune4rel_jax import parallel
 from prune4rel_jax.learners.base import cross_entropy
+from prune4rel_jax.selection.base import Network
+from prune4rel_jax.selection.deepfool import record_deepfool
 
-# Fields computed from the evaluation-mode pass; one column per warm-up run for the `PER_RUN` ones.
+# Fields computed from the evaluation-mode scoring pass, and from every warm-up train step's outputs; one column per
+# warm-up run for the `PER_RUN` ones.
 PREDICTION_FIELDS = frozenset({"logits", "features", "grad_norms", "error_norms"})
+STEP_FIELDS = frozenset({"forgetting_events"})
 PER_RUN = frozenset({"grad_norms", "error_norms"})
 
 
@@ -37,17 +42,21 @@ def _count_forgetting(state, index: jax.Array, correct: jax.Array):
   return last_correct, events
 
 
-class ForgettingRecorder:
-  """Forgetting-event counters of every training example, kept on device (replicated) and updated by one jitted
-  scatter per train step; pass it as `on_step` to `Learner.train_epoch`."""
+def zero_counters(num_examples: int, mesh: jax.sharding.Mesh):
+  """Forgetting counters before the first step: (last_correct, events), replicated; a pytree, so warm-up save
+  points hold it as is."""
+  return jax.jit(lambda: (jnp.zeros(num_examples, bool), jnp.zeros(num_examples, jnp.int32)),
+                 out_shardings=parallel.replicated(mesh))()
 
-  def __init__(self, num_examples: int, mesh: jax.sharding.Mesh):
-    replicated = parallel.replicated(mesh)
+
+class ForgettingRecorder:
+  """Forgetting-event counters of every training example (`zero_counters`, or a save point's), kept on device and
+  updated by one jitted scatter per train step; pass it as `on_step` to `Learner.train_epoch`."""
+
+  def __init__(self, counters, mesh: jax.sharding.Mesh):
+    self.state = counters
     self._sync = parallel.must_sync_each_step(mesh)
-    self._update = jax.jit(_count_forgetting, donate_argnums=0, out_shardings=replicated)
-    # (last_correct, events): a pytree, so warm-up checkpoints save and restore it as is.
-    self.state = jax.jit(lambda: (jnp.zeros(num_examples, bool), jnp.zeros(num_examples, jnp.int32)),
-                         out_shardings=replicated)()
+    self._update = jax.jit(_count_forgetting, donate_argnums=0, out_shardings=parallel.replicated(mesh))
 
   def __call__(self, per_example: Mapping[str, jax.Array]) -> None:
     self.state = self._update(self.state, per_example["index"], per_example["correct"])
@@ -90,36 +99,40 @@ def error_norms(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class Network:
-  """A warmed-up network, for records that need the network itself rather than its outputs (DeepFool):
-  `predict(state, images) -> (logits, features)` in evaluation mode, the training images it scores, the
-  per-channel std the model normalises pixels by (perturbations are measured on normalised inputs) and how many
-  images one jitted chunk may hold."""
-  predict: Callable
-  state: object
-  images: np.ndarray
-  std: tuple[float, ...]
-  batch_size: int
+class WarmedUp:
+  """One finished warm-up run: what a recorder may read. `predictions` (evaluation-mode logits and features of every
+  training example, in the method's view) is None unless a `PREDICTION_FIELDS` field is needed, `forgetting` unless
+  a `STEP_FIELDS` one is; `hp` is the method's own config section."""
+  network: Network
+  labels: np.ndarray
+  mesh: jax.sharding.Mesh
+  hp: ml_collections.ConfigDict
+  predictions: Mapping[str, np.ndarray] | None = None
+  forgetting: ForgettingRecorder | None = None
 
 
-def record_run(needs: frozenset[str], labels: np.ndarray, mesh: jax.sharding.Mesh,
-               predictions: Mapping[str, np.ndarray] | None,
-               forgetting: ForgettingRecorder | None) -> dict[str, np.ndarray]:
-  """The `needs` fields from one warmed-up network: its evaluation-mode `predictions` (logits, features) and the
-  forgetting counters of its warm-up."""
-  record = {}
-  for field in ("logits", "features"):
-    if field in needs:
-      record[field] = predictions[field]
-  if "grad_norms" in needs:
-    logits, features = predictions["logits"], predictions["features"]
-    record["grad_norms"] = parallel.map_examples(grad_norms, mesh, logits, features, labels,
-                                                 floats_per_row=(features.shape[1] + 1) * logits.shape[1])
-  if "error_norms" in needs:
-    record["error_norms"] = parallel.map_examples(error_norms, mesh, predictions["logits"], labels)
-  if "forgetting_events" in needs:
-    record["forgetting_events"] = forgetting.events()
-  return record
+def _grad_norms(run: WarmedUp) -> np.ndarray:
+  logits, features = run.predictions["logits"], run.predictions["features"]
+  return parallel.map_examples(grad_norms, run.mesh, logits, features, run.labels,
+                               floats_per_row=(features.shape[1] + 1) * logits.shape[1])
+
+
+# The one table of warm-up signals: a method lists the fields it reads in `Method.needs`, and each field is
+# computed here from a finished warm-up run. A new signal is a `SelectionInputs` field and one entry below (and in
+# `PREDICTION_FIELDS`/`STEP_FIELDS` when it reads the scoring pass or the train steps).
+RECORDERS: dict[str, Callable[[WarmedUp], np.ndarray]] = {
+    "logits": lambda run: run.predictions["logits"],
+    "features": lambda run: run.predictions["features"],
+    "grad_norms": _grad_norms,
+    "error_norms": lambda run: parallel.map_examples(error_norms, run.mesh, run.predictions["logits"], run.labels),
+    "forgetting_events": lambda run: run.forgetting.events(),
+    "deepfool_norms": lambda run: record_deepfool(run.network, run.mesh, run.hp.max_iter),
+}
+
+
+def record_run(needs: frozenset[str], run: WarmedUp) -> dict[str, np.ndarray]:
+  """The `needs` fields of one finished warm-up run."""
+  return {field: RECORDERS[field](run) for field in sorted(needs)}
 
 
 def combine_runs(runs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
