@@ -247,3 +247,22 @@ class EpochData:
 
   def batches(self) -> Iterator[dict[str, np.ndarray]]:
     return (self.streams or OpenStreams(self.epoch + 1)).take(self)
+
+  def network_stream(self, network: int, view: str = "image") -> "EpochData":
+    """This epoch as another network of the learner sees it: its own shuffle (seeded by `network`), one view."""
+    return dataclasses.replace(self, seed=derive_seed(self.seed, network), views={view: self.views[view]})
+
+  def epoch_seed(self, *keys: int) -> int:
+    """A seed for another draw of this epoch (a division's stream, a mixture fit): a pure function of the run's
+    seed, the epoch and `keys`, so a resumed run draws the same."""
+    return derive_seed(self.seed, self.epoch, *keys)
+
+  def divided_batches(self, labelled: np.ndarray, unlabelled: np.ndarray, batch_size: int,
+                      *keys: int) -> tuple[Iterator[dict[str, np.ndarray]], int]:
+    """`co_divided_stream` over this epoch's examples (positions in `indices`), seeded by `epoch_seed(*keys)`."""
+    return co_divided_stream(self.images, self.labels, self.indices, labelled, unlabelled, batch_size=batch_size,
+                             seed=self.epoch_seed(*keys), views=self.views, loading=self.loading)
+
+  def eval_batches(self, batch_size: int, view: View | None) -> Iterator[dict[str, np.ndarray]]:
+    """One sequential pass over this epoch's examples (`eval_batches`)."""
+    return eval_batches(self.images, self.indices, batch_size, view)

@@ -20,7 +20,6 @@ current subset, sharded along the example axis. A step trains the *first* networ
 second; net2's turn swaps them (`_turn`), a free reordering of the pytree, so one compiled step serves both.
 """
 
-import dataclasses
 import warnings
 
 import jax
@@ -33,7 +32,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
 from prune4rel_jax import parallel
-from prune4rel_jax.data import pipeline
+from prune4rel_jax.data.pipeline import EpochData
 from prune4rel_jax.errors import UserError
 from prune4rel_jax.learners.base import Learner, TrainState, cross_entropy, step_key
 
@@ -261,7 +260,7 @@ class DivideMix(Learner):
     return self.apply_gradients(net, grads, batch_stats), metrics, {}
 
   # ---- epochs -------------------------------------------------------------------------------------------
-  def train_epoch(self, state: DivideMixState, data: pipeline.EpochData, lr: float, key: jax.Array,
+  def train_epoch(self, state: DivideMixState, data: EpochData, lr: float, key: jax.Array,
                   on_step=None):
     state = self.with_learning_rate(state, lr)
     if data.phase == "warmup" or data.epoch < self.hp.warmup_epochs:
@@ -273,8 +272,7 @@ class DivideMix(Learner):
     over its own shuffle; only net1's steps reach `on_step` (warm-up recorders)."""
     runs = []
     for k in (0, 1):
-      stream = dataclasses.replace(data, seed=pipeline.derive_seed(data.seed, k),
-                                   views={"image": data.views["image"]})
+      stream = data.network_stream(k)
       turned, metrics = self.run_steps(_turn(state, k), stream.batches(), data.steps, jax.random.fold_in(key, k),
                                        f"{data.desc} net{k + 1} warm-up", on_step if k == 0 else None)
       state = _turn(turned, k)
@@ -289,9 +287,7 @@ class DivideMix(Learner):
       labelled, unlabelled = np.flatnonzero(clean), np.flatnonzero(~clean)
       if not len(unlabelled):  # everything labelled (the original crashes): guess on the whole subset
         unlabelled = np.arange(len(data.indices))
-      stream, steps = pipeline.co_divided_stream(
-          data.images, data.labels, data.indices, labelled, unlabelled, batch_size=self.batch,
-          seed=pipeline.derive_seed(data.seed, data.epoch, k, _STREAM), views=data.views, loading=data.loading)
+      stream, steps = data.divided_batches(labelled, unlabelled, self.batch, k, _STREAM)
       num_iter = len(labelled) // self.batch + 1  # the original's ramp-up denominator
       batches = ({**b, "lambda_u": np.full(len(b["label"]), self.lambda_u(data.epoch + i / num_iter), np.float32)}
                  for i, b in enumerate(stream))  # a per-step scalar; run_steps shards every entry by rows
@@ -314,12 +310,12 @@ class DivideMix(Learner):
     """[rows, 2] per-example CE of each network in evaluation mode."""
     return jnp.stack([cross_entropy(self._logits(n.train, images)[0], labels) for n in state.nets], axis=1)
 
-  def _eval_losses(self, state: DivideMixState, data: pipeline.EpochData) -> np.ndarray:
+  def _eval_losses(self, state: DivideMixState, data: EpochData) -> np.ndarray:
     """[2, n] losses of the subset's un-augmented images under both networks (one data-parallel pass)."""
     sync = parallel.must_sync_each_step(self.mesh)
     chunks = []
     # the original's test transform (a centre crop, or none)
-    for batch in pipeline.eval_batches(data.images, data.indices, self.setup.eval_batch_size, self.setup.test_view):
+    for batch in data.eval_batches(self.setup.eval_batch_size, self.setup.test_view):
       batch = parallel.to_global(self.mesh, {"image": batch["image"], "label": data.labels[batch["index"]]})
       losses = self._jit_losses(state, batch["image"], batch["label"])
       if sync:
@@ -327,7 +323,7 @@ class DivideMix(Learner):
       chunks.append(parallel.to_host(losses))
     return np.concatenate(chunks)[:len(data.indices)].T
 
-  def _divide(self, state: DivideMixState, losses: np.ndarray, data: pipeline.EpochData):
+  def _divide(self, state: DivideMixState, losses: np.ndarray, data: EpochData):
     """Per network: min-max normalise its losses, push them into its history, fit the GMM to the mean of the
     filled part of the history. Returns the state with the new records and the [2, n] clean probabilities."""
     hp, n = self.hp, losses.shape[1]
@@ -340,7 +336,7 @@ class DivideMix(Learner):
       history[-1, :n] = normalised[k]
       prob = clean_probability(history[-filled:, :n].mean(axis=0), reg_covar=hp.gmm_reg_covar,
                                max_iter=hp.gmm_max_iter, tol=hp.gmm_tol,
-                               seed=pipeline.derive_seed(data.seed, data.epoch, k, _GMM))
+                               seed=data.epoch_seed(k, _GMM))
       clean_prob = np.zeros(net.clean_prob.shape, np.float32)
       clean_prob[:n] = prob
       nets.append(net.replace(clean_prob=_like(net.clean_prob, clean_prob),
