@@ -66,14 +66,12 @@ def _config(overrides=OVERRIDES):
 
 
 def _start(workdir, overrides=OVERRIDES):
-  """The CLI (`DRIVER`) with the test overrides; the runs of a test share a compilation cache."""
+  """The CLI (`DRIVER`) with the test overrides (it shares the suite's compilation cache, conftest.py)."""
   flags = [f"--config.{k}={v}" for k, v in overrides.items()]
   return subprocess.Popen([sys.executable, "-c", DRIVER, os.path.join(REPO, "tests"), "--config",
                            "configs/quickstart.py", *flags, "--workdir", str(workdir)],
                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env={**os.environ, **FAST_COMPILATION_ENV,
-                               "JAX_COMPILATION_CACHE_DIR": str(workdir.parent / "jax_cache"),
-                               "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"})
+                          env={**os.environ, **FAST_COMPILATION_ENV})
 
 
 def _train_epochs_logged(workdir, phase="train") -> int:
