@@ -46,11 +46,14 @@ def _results(workdir):
 
 
 def test_two_processes_train_the_same_parameters_as_one(tmp_path):
+  # The three runs go on at once; the two processes keep out of the suite's compilation cache, whose writes are not
+  # atomic, so that neither reads an entry another is still writing.
   port = _free_port()
   processes = [subprocess.Popen(_command(tmp_path / "two"), cwd=REPO, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True,
                                 env=_env(2, PRUNE4REL_DISTRIBUTED="1", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                                         PRUNE4REL_NUM_PROCESSES="2", PRUNE4REL_PROCESS_ID=str(i)))
+                                         PRUNE4REL_NUM_PROCESSES="2", PRUNE4REL_PROCESS_ID=str(i),
+                                         JAX_ENABLE_COMPILATION_CACHE="false"))
                for i in range(2)]
   try:
     single = subprocess.run(_command(tmp_path / "one"), cwd=REPO, capture_output=True, text=True, timeout=300,

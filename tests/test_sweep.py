@@ -33,7 +33,8 @@ def get_config(learner="ce"):
 def _sweep(config, workdir, *flags):
   return subprocess.run([sys.executable, "-m", "prune4rel_jax.sweep", "--config", str(config), "--workdir",
                          str(workdir), "--learners", "ce,sop_plus", "--methods", "uniform", "--fractions", "0.5",
-                         "--seeds", "3", "--config.model.small_cnn.width=8", *flags],
+                         "--seeds", "3", "--config.model.small_cnn.width=8",
+                         "--compilation_cache", os.environ["JAX_COMPILATION_CACHE_DIR"], *flags],  # conftest's
                         cwd=REPO, capture_output=True, text=True, timeout=600,
                         env={**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"})
 

@@ -28,8 +28,6 @@ import ml_collections
 import numpy as np
 from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec as P
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.mixture import GaussianMixture
 
 from prune4rel_jax import parallel
 from prune4rel_jax.data.pipeline import EpochData
@@ -111,6 +109,10 @@ def clean_probability(losses: np.ndarray, *, reg_covar: float, max_iter: int, to
   evaluation pass, whereas float64 on an accelerator would mean x64 for the whole program. The original
   leaves the k-means initialisation unseeded; `seed` makes a run reproducible.
   """
+  # Imported here: scikit-learn (with SciPy) takes 1.5 s to import, which every command would pay for DivideMix alone.
+  from sklearn.exceptions import ConvergenceWarning
+  from sklearn.mixture import GaussianMixture
+
   x = np.asarray(losses, np.float64).reshape(-1, 1)
   gmm = GaussianMixture(n_components=2, max_iter=max_iter, tol=tol, reg_covar=reg_covar, random_state=seed)
   with warnings.catch_warnings():
