@@ -1,9 +1,11 @@
 """What every learner shares: the train state, the epoch loop, evaluation-mode prediction.
 
 A learner is a training algorithm (CE, SOP+, DivideMix). It owns how a fresh state is made (networks, optimiser,
-per-example variables), one jitted data-parallel train step, and how the trained state predicts. The default
-`train_epoch` drives the step over a grain stream; learners with a different epoch structure (DivideMix)
-override it.
+per-example variables), its train step, and how the trained state predicts. The step is a module-level pure
+function `train_step(state, batch, key, *, model, tx, …) -> (state, metrics, per_example)` of the learner's module,
+big_vision-style; `Learner.step_function` binds the static arguments (model, optimiser, hyperparameters) and the
+base class jits it over the mesh. The default `train_epoch` drives the step over a grain stream; learners with a
+different epoch structure (DivideMix) override it.
 """
 
 import dataclasses
@@ -15,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from flax import struct
 
 from prune4rel_jax import optim, parallel
@@ -26,6 +29,7 @@ from prune4rel_jax.progress import Progress
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
+StepFn = Callable[[Any, Batch, jax.Array], tuple[Any, Metrics, Batch]]
 VIEWS_KEY = 0x71E5  # folded into a step's key for the views made on device
 
 
@@ -57,7 +61,7 @@ class Setup:
 
 
 class Learner:
-  """Base class. Subclasses set `name`, `views` and implement `train_step`. A learner reads its own config
+  """Base class. Subclasses set `name`, `views` and implement `step_function`. A learner reads its own config
   section (`hp`) and the `Setup`, nothing else of the config."""
   name: ClassVar[str]
   # The augmented copies of each image a training batch carries, keyed as in the batch dict.
@@ -106,15 +110,11 @@ class Learner:
     return state.replace(opt_state=optim.with_learning_rate(state.opt_state, lr))
 
   # ---- training -------------------------------------------------------------------------------------------
-  def train_step(self, state: Any, batch: Batch, key: jax.Array) -> tuple[Any, Metrics, Batch]:
-    """One update on a global batch. Returns the new state, scalar metrics (batch means) and per-example
-    outputs (`index`, `correct`, `loss`) that warm-up recorders may consume."""
+  def step_function(self) -> StepFn:
+    """The pure step `(state, batch, key) -> (state, metrics, per_example)`: one update on a global batch, its
+    scalar metrics (batch means) and per-example outputs (`index`, `correct`, `loss`) that warm-up recorders may
+    consume. The module's `train_step` with this learner's static arguments bound (`functools.partial`)."""
     raise NotImplementedError
-
-  def apply_gradients(self, state: TrainState, grads: Any, batch_stats: Any) -> TrainState:
-    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-    return state.replace(step=state.step + 1, params=jax.tree.map(jnp.add, state.params, updates),
-                         batch_stats=batch_stats, opt_state=opt_state)
 
   def train_epoch(self, state: Any, data: EpochData, lr: float, key: jax.Array,
                   on_step: Callable[[Batch], None] | None = None) -> tuple[Any, dict[str, float]]:
@@ -127,19 +127,24 @@ class Learner:
     """The number of steps the network a step trains has taken (the state's `step`)."""
     return state.step
 
-  def step_on_device_views(self, state: Any, batch: Batch, key: jax.Array) -> tuple[Any, Metrics, Batch]:
-    """`train_step` after making the batch's views from its raw images (`loading.device_views`), with a key of
-    their own per step: a pure function of (key, step), so a resumed run draws the same views."""
-    views_key = jax.random.fold_in(step_key(key, self.step_count(state)), VIEWS_KEY)
-    return self.train_step(state, self._device_views(batch, views_key), key)
+  def on_device_views(self, step: StepFn) -> StepFn:
+    """`step` after making the batch's views from its raw images (`loading.device_views`), with a key of their own
+    per step: a pure function of (key, step), so a resumed run draws the same views."""
+
+    def step_on_device_views(state, batch, key):
+      views_key = jax.random.fold_in(step_key(key, self.step_count(state)), VIEWS_KEY)
+      return step(state, self._device_views(batch, views_key), key)
+
+    return step_on_device_views
 
   def jitted_train_step(self, state: Any):
-    """`train_step` compiled over the mesh (with the views made first where they are made on device): the state
-    keeps its placement (replicated networks, sharded per-example variables) and is donated; per-example outputs
-    stay sharded along the batch."""
+    """`step_function()` compiled over the mesh (with the views made first where they are made on device): the
+    state keeps its placement (replicated networks, sharded per-example variables) and is donated; per-example
+    outputs stay sharded along the batch."""
     if self._jit_step is None:
       state_sharding = jax.tree.map(lambda x: x.sharding, state)
-      step = self.train_step if self._device_views is None else self.step_on_device_views
+      step = self.step_function()
+      step = step if self._device_views is None else self.on_device_views(step)
       self._jit_step = jax.jit(step, donate_argnums=0,
                                out_shardings=(state_sharding, parallel.replicated(self.mesh),
                                               parallel.example_sharded(self.mesh)))
@@ -176,6 +181,13 @@ class Learner:
 
   def predict_batch(self, state: Any, images: jax.Array) -> tuple[jax.Array, jax.Array]:
     return self._jit_predict(state, images)
+
+
+def apply_gradients(tx: optax.GradientTransformation, state: TrainState, grads: Any, batch_stats: Any) -> TrainState:
+  """One optimiser update of `state` (and its new BatchNorm statistics); the steps' shared tail."""
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  return state.replace(step=state.step + 1, params=jax.tree.map(jnp.add, state.params, updates),
+                       batch_stats=batch_stats, opt_state=opt_state)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:

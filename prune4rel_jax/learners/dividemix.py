@@ -20,19 +20,22 @@ current subset, sharded along the example axis. A step trains the *first* networ
 second; net2's turn swaps them (`_turn`), a free reordering of the pytree, so one compiled step serves both.
 """
 
+import functools
 import warnings
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from prune4rel_jax import parallel
 from prune4rel_jax.data.pipeline import EpochData
 from prune4rel_jax.errors import UserError
-from prune4rel_jax.learners.base import Learner, TrainState, cross_entropy, step_key
+from prune4rel_jax.learners.base import Learner, TrainState, apply_gradients, cross_entropy, step_key
 
 MIX_UNLABELLED = ("all", "partners")
 _STREAM, _GMM = 0, 1  # what a derived seed is for
@@ -122,6 +125,83 @@ def clean_probability(losses: np.ndarray, *, reg_covar: float, max_iter: int, to
   return gmm.predict_proba(x)[:, np.argmin(gmm.means_[:, 0])]
 
 
+def train_step(state: DivideMixState, batch, key, *, model: nn.Module, tx: optax.GradientTransformation,
+               hp: ml_collections.ConfigDict, penalty: bool):
+  """Trains `state.nets[0]`. A batch with an unlabelled half (`u_image`) is a co-training step against
+  `state.nets[1]`; one without is a warm-up step. (jit compiles each batch structure once.)"""
+  net = state.nets[0].train
+  if "u_image" in batch:
+    trained, metrics, per_example = co_train_step(net, state.nets[1], batch, key, model=model, tx=tx, hp=hp)
+  else:
+    trained, metrics, per_example = warm_up_step(net, batch, model=model, tx=tx, penalty=penalty)
+  return state.replace(nets=(state.nets[0].replace(train=trained), state.nets[1])), metrics, per_example
+
+
+def warm_up_step(net: TrainState, batch, *, model: nn.Module, tx: optax.GradientTransformation, penalty: bool):
+  """CE on the noisy labels, plus the confidence penalty (negative entropy) where `penalty`."""
+  labels = batch["label"]
+
+  def loss_fn(params):
+    (logits, _), updates = model.apply({"params": params, "batch_stats": net.batch_stats}, batch["image"],
+                                       train=True, mutable=["batch_stats"])
+    per_example = cross_entropy(logits, labels)
+    loss = per_example.mean() + (negative_entropy(logits) if penalty else 0.0)
+    return loss, (updates["batch_stats"], logits, per_example)
+
+  (loss, (batch_stats, logits, per_example)), grads = jax.value_and_grad(loss_fn, has_aux=True)(net.params)
+  correct = jnp.argmax(logits, -1) == labels
+  return (apply_gradients(tx, net, grads, batch_stats), {"loss": loss, "accuracy": correct.mean()},
+          {"index": batch["index"], "correct": correct, "loss": per_example})
+
+
+def co_train_step(net: TrainState, peer: Network, batch, key, *, model: nn.Module, tx: optax.GradientTransformation,
+                  hp: ml_collections.ConfigDict):
+  """MixMatch on the co-divided batch: co-refined and co-guessed targets, mixup, L_x + λ_u·L_u + L_reg."""
+  rows = batch["label"].shape[0]  # B
+  stats = net.batch_stats
+
+  def train_mode_probs(images, stats):
+    """The trained net in train mode, without gradient, as the original: batch statistics, and each pass
+    updates the running statistics (threaded in the original's order: u, u2, x, x2)."""
+    (logits, _), updates = model.apply({"params": net.params, "batch_stats": stats}, images, train=True,
+                                       mutable=["batch_stats"])
+    return jax.nn.softmax(logits.astype(jnp.float32)), updates["batch_stats"]
+
+  net_u1, stats = train_mode_probs(batch["u_image"], stats)
+  net_u2, stats = train_mode_probs(batch["u_image2"], stats)
+  peer_logits, _ = model.apply({"params": peer.train.params, "batch_stats": peer.train.batch_stats},
+                               jnp.concatenate([batch["u_image"], batch["u_image2"]]), train=False)
+  peer_u = jnp.split(jax.nn.softmax(peer_logits.astype(jnp.float32)), 2)
+  net_x1, stats = train_mode_probs(batch["image"], stats)
+  net_x2, stats = train_mode_probs(batch["image2"], stats)
+  weights = peer.clean_prob[batch["position"]]
+  targets_x, targets_u = co_targets((net_x1, net_x2), (net_u1, net_u2), tuple(peer_u), batch["label"], weights,
+                                    hp.temperature)
+
+  lam_key, perm_key = jax.random.split(step_key(key, net.step))
+  lam = jax.random.beta(lam_key, hp.alpha, hp.alpha)
+  inputs = jnp.concatenate([batch["image"], batch["image2"], batch["u_image"], batch["u_image2"]])
+  targets = jnp.concatenate([targets_x, targets_x, targets_u, targets_u])
+  # Mixed in pixel space: the model's normalisation is affine, so this equals mixing normalised images.
+  mixed_inputs, mixed_targets = mixup(inputs.astype(jnp.float32), jax.lax.stop_gradient(targets), lam,
+                                      jax.random.permutation(perm_key, 4 * rows))
+  forwarded = 4 * rows if hp.mix_unlabelled == "all" else 2 * rows
+  lambda_u = batch["lambda_u"][0]
+
+  def loss_fn(params):
+    (logits, _), updates = model.apply({"params": params, "batch_stats": stats}, mixed_inputs[:forwarded],
+                                       train=True, mutable=["batch_stats"])
+    loss_x, loss_u, loss_reg = mixmatch_losses(logits, mixed_targets[:forwarded], 2 * rows)
+    loss = loss_x + lambda_u * loss_u + loss_reg
+    return loss, (updates["batch_stats"], loss_x, loss_u, loss_reg)
+
+  (loss, (batch_stats, loss_x, loss_u, loss_reg)), grads = jax.value_and_grad(loss_fn, has_aux=True)(net.params)
+  metrics = {"loss": loss, "loss_x": loss_x, "loss_u": loss_u, "loss_reg": loss_reg, "lambda_u": lambda_u,
+             # the trained net's (train-mode) accuracy on the labelled examples' noisy labels, first view
+             "accuracy": jnp.mean(jnp.argmax(net_x1, -1) == batch["label"])}
+  return apply_gradients(tx, net, grads, batch_stats), metrics, {}
+
+
 class DivideMix(Learner):
   name = "dividemix"
   views = ("image", "image2")  # two independent weak views of every labelled and unlabelled image
@@ -192,74 +272,8 @@ class DivideMix(Learner):
     return state.nets[0].train.step  # the network this step trains; the other's turn runs under another key
 
   # ---- one step -----------------------------------------------------------------------------------------
-  def train_step(self, state: DivideMixState, batch, key):
-    """Trains `state.nets[0]`. A batch with an unlabelled half (`u_image`) is a co-training step against
-    `state.nets[1]`; one without is a warm-up step. (jit compiles each batch structure once.)"""
-    step = self._co_train_step if "u_image" in batch else self._warm_up_step
-    trained, metrics, per_example = step(state.nets[0].train, state.nets[1], batch, key)
-    return state.replace(nets=(state.nets[0].replace(train=trained), state.nets[1])), metrics, per_example
-
-  def _warm_up_step(self, net: TrainState, peer: Network, batch, key):
-    del peer, key
-    labels = batch["label"]
-
-    def loss_fn(params):
-      (logits, _), updates = self.model.apply({"params": params, "batch_stats": net.batch_stats}, batch["image"],
-                                              train=True, mutable=["batch_stats"])
-      per_example = cross_entropy(logits, labels)
-      loss = per_example.mean() + (negative_entropy(logits) if self.penalty else 0.0)
-      return loss, (updates["batch_stats"], logits, per_example)
-
-    (loss, (batch_stats, logits, per_example)), grads = jax.value_and_grad(loss_fn, has_aux=True)(net.params)
-    correct = jnp.argmax(logits, -1) == labels
-    return (self.apply_gradients(net, grads, batch_stats), {"loss": loss, "accuracy": correct.mean()},
-            {"index": batch["index"], "correct": correct, "loss": per_example})
-
-  def _co_train_step(self, net: TrainState, peer: Network, batch, key):
-    hp = self.hp
-    rows = batch["label"].shape[0]  # B
-    stats = net.batch_stats
-
-    def train_mode_probs(images, stats):
-      """The trained net in train mode, without gradient, as the original: batch statistics, and each pass
-      updates the running statistics (threaded in the original's order: u, u2, x, x2)."""
-      (logits, _), updates = self.model.apply({"params": net.params, "batch_stats": stats}, images, train=True,
-                                              mutable=["batch_stats"])
-      return jax.nn.softmax(logits.astype(jnp.float32)), updates["batch_stats"]
-
-    net_u1, stats = train_mode_probs(batch["u_image"], stats)
-    net_u2, stats = train_mode_probs(batch["u_image2"], stats)
-    peer_logits, _ = self.model.apply({"params": peer.train.params, "batch_stats": peer.train.batch_stats},
-                                      jnp.concatenate([batch["u_image"], batch["u_image2"]]), train=False)
-    peer_u = jnp.split(jax.nn.softmax(peer_logits.astype(jnp.float32)), 2)
-    net_x1, stats = train_mode_probs(batch["image"], stats)
-    net_x2, stats = train_mode_probs(batch["image2"], stats)
-    weights = peer.clean_prob[batch["position"]]
-    targets_x, targets_u = co_targets((net_x1, net_x2), (net_u1, net_u2), tuple(peer_u), batch["label"], weights,
-                                      hp.temperature)
-
-    lam_key, perm_key = jax.random.split(step_key(key, net.step))
-    lam = jax.random.beta(lam_key, hp.alpha, hp.alpha)
-    inputs = jnp.concatenate([batch["image"], batch["image2"], batch["u_image"], batch["u_image2"]])
-    targets = jnp.concatenate([targets_x, targets_x, targets_u, targets_u])
-    # Mixed in pixel space: the model's normalisation is affine, so this equals mixing normalised images.
-    mixed_inputs, mixed_targets = mixup(inputs.astype(jnp.float32), jax.lax.stop_gradient(targets), lam,
-                                        jax.random.permutation(perm_key, 4 * rows))
-    forwarded = 4 * rows if hp.mix_unlabelled == "all" else 2 * rows
-    lambda_u = batch["lambda_u"][0]
-
-    def loss_fn(params):
-      (logits, _), updates = self.model.apply({"params": params, "batch_stats": stats}, mixed_inputs[:forwarded],
-                                              train=True, mutable=["batch_stats"])
-      loss_x, loss_u, loss_reg = mixmatch_losses(logits, mixed_targets[:forwarded], 2 * rows)
-      loss = loss_x + lambda_u * loss_u + loss_reg
-      return loss, (updates["batch_stats"], loss_x, loss_u, loss_reg)
-
-    (loss, (batch_stats, loss_x, loss_u, loss_reg)), grads = jax.value_and_grad(loss_fn, has_aux=True)(net.params)
-    metrics = {"loss": loss, "loss_x": loss_x, "loss_u": loss_u, "loss_reg": loss_reg, "lambda_u": lambda_u,
-               # the trained net's (train-mode) accuracy on the labelled examples' noisy labels, first view
-               "accuracy": jnp.mean(jnp.argmax(net_x1, -1) == batch["label"])}
-    return self.apply_gradients(net, grads, batch_stats), metrics, {}
+  def step_function(self):
+    return functools.partial(train_step, model=self.model, tx=self.tx, hp=self.hp, penalty=self.penalty)
 
   # ---- epochs -------------------------------------------------------------------------------------------
   def train_epoch(self, state: DivideMixState, data: EpochData, lr: float, key: jax.Array,

@@ -21,17 +21,20 @@ u and v take plain SGD at their own constant learning rates (no momentum, no wei
 step as the network, all from one gradient of the same total loss.
 """
 
+import functools
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 from flax import struct
 from jax.sharding import PartitionSpec as P
 
 from prune4rel_jax import parallel
 from prune4rel_jax.errors import UserError
-from prune4rel_jax.learners.base import Learner, TrainState
+from prune4rel_jax.learners.base import Learner, TrainState, apply_gradients
 
 EPS = 1e-4  # the original's clamp floor and L1-normalisation eps
 # u/v rows are padded to a multiple of lcm(#devices, ROW_MULTIPLE): the shape (and a checkpoint's) is the same on
@@ -109,6 +112,41 @@ def table_rows(num_examples: int, mesh: jax.sharding.Mesh) -> int:
   return -(-num_examples // step) * step
 
 
+def train_step(state: SOPState, batch, key, *, model: nn.Module, tx: optax.GradientTransformation,
+               hp: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, num_classes: int, two_views: bool):
+  """One step of the network, u and v on the batch from one gradient of the total loss (`sop_loss`): SGD on the
+  batch's u/v rows (`gather_rows`/`add_rows`), the optimiser on the network. `two_views`: SOP+ (weak and strong)."""
+  del key
+  net = state.network
+  labels, positions = batch["label"], batch["position"]
+  targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+  images = batch["image"]
+  if two_views:  # one pass over weak‖strong, so BatchNorm sees both; rows interleaved to stay on their device
+    images = jnp.stack([images, batch["image_strong"]], axis=1).reshape(-1, *images.shape[1:])
+
+  def loss_fn(params, u, v):
+    (logits, _), updates = model.apply({"params": params, "batch_stats": net.batch_stats}, images, train=True,
+                                       mutable=["batch_stats"])
+    logits = logits.astype(jnp.float32)
+    if two_views:
+      pairs = logits.reshape(-1, 2, logits.shape[-1])
+      weak, strong = pairs[:, 0], pairs[:, 1]
+    else:
+      weak, strong = logits, None
+    loss, ce = sop_loss(weak, strong, targets, u, v, hp.ratio_consistency, hp.ratio_balance)
+    return loss, (updates["batch_stats"], weak, ce)
+
+  u_rows, v_rows = gather_rows(mesh, state.u, positions), gather_rows(mesh, state.v, positions)
+  (loss, (batch_stats, logits, ce)), (grads, grad_u, grad_v) = jax.value_and_grad(
+      loss_fn, argnums=(0, 1, 2), has_aux=True)(net.params, u_rows, v_rows)
+  state = state.replace(network=apply_gradients(tx, net, grads, batch_stats),
+                        u=add_rows(mesh, state.u, positions, -hp.lr_u * grad_u),
+                        v=add_rows(mesh, state.v, positions, -hp.lr_v * grad_v))
+  correct = jnp.argmax(logits, -1) == labels
+  metrics = {"loss": loss, "accuracy": correct.mean()}
+  return state, metrics, {"index": batch["index"], "correct": correct, "loss": ce}
+
+
 class SOPPlus(Learner):
   name = "sop_plus"
   views = ("image", "image_strong")
@@ -155,37 +193,9 @@ class SOPPlus(Learner):
     return state.network.step
 
   # ---- training -------------------------------------------------------------------------------------------
-  def train_step(self, state: SOPState, batch, key):
-    del key
-    hp, net = self.hp, state.network
-    labels, positions = batch["label"], batch["position"]
-    targets = jax.nn.one_hot(labels, self.num_classes, dtype=jnp.float32)
-    two_views = len(self.views) == 2
-    images = batch["image"]
-    if two_views:  # one pass over weak‖strong, so BatchNorm sees both; rows interleaved to stay on their device
-      images = jnp.stack([images, batch["image_strong"]], axis=1).reshape(-1, *images.shape[1:])
-
-    def loss_fn(params, u, v):
-      (logits, _), updates = self.model.apply({"params": params, "batch_stats": net.batch_stats}, images,
-                                              train=True, mutable=["batch_stats"])
-      logits = logits.astype(jnp.float32)
-      if two_views:
-        pairs = logits.reshape(-1, 2, logits.shape[-1])
-        weak, strong = pairs[:, 0], pairs[:, 1]
-      else:
-        weak, strong = logits, None
-      loss, ce = sop_loss(weak, strong, targets, u, v, hp.ratio_consistency, hp.ratio_balance)
-      return loss, (updates["batch_stats"], weak, ce)
-
-    u_rows, v_rows = gather_rows(self.mesh, state.u, positions), gather_rows(self.mesh, state.v, positions)
-    (loss, (batch_stats, logits, ce)), (grads, grad_u, grad_v) = jax.value_and_grad(
-        loss_fn, argnums=(0, 1, 2), has_aux=True)(net.params, u_rows, v_rows)
-    state = state.replace(network=self.apply_gradients(net, grads, batch_stats),
-                          u=add_rows(self.mesh, state.u, positions, -hp.lr_u * grad_u),
-                          v=add_rows(self.mesh, state.v, positions, -hp.lr_v * grad_v))
-    correct = jnp.argmax(logits, -1) == labels
-    metrics = {"loss": loss, "accuracy": correct.mean()}
-    return state, metrics, {"index": batch["index"], "correct": correct, "loss": ce}
+  def step_function(self):
+    return functools.partial(train_step, model=self.model, tx=self.tx, hp=self.hp, mesh=self.mesh,
+                             num_classes=self.num_classes, two_views=len(self.views) == 2)
 
   # ---- prediction: the network alone (u and v are training-time only) -------------------------------------
   def predict(self, state: SOPState, images: jax.Array) -> tuple[jax.Array, jax.Array]:
