@@ -3,7 +3,7 @@
 Each test process (one per pytest-xdist worker) and every CLI it starts share one persistent compilation cache, new
 for each run: many tests build the same jitted computation from fresh objects (a new learner, a new run), which the
 in-memory cache keyed by Python function cannot recognise, and the persistent cache keyed by the compiled program
-can (four end-to-end tests on one core: 120 s of CPU without it, 48 s with it). No test depends on another run's
+can (three end-to-end tests on one core: 120 s of CPU without it, 48 s with it). No test depends on another run's
 entries.
 """
 
