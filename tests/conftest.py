@@ -8,6 +8,7 @@ entries.
 """
 
 import atexit
+import contextlib
 import os
 import shutil
 import tempfile
@@ -41,11 +42,29 @@ def pytest_collection_modifyitems(items):
   items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its own order
 
 
+@contextlib.contextmanager
+def _most_optimizations_disabled(disabled: bool):
+  """In this process and, through the environment, in every CLI a test starts."""
+  previous = jax.config.values["jax_disable_most_optimizations"]
+  jax.config.update("jax_disable_most_optimizations", disabled)
+  with pytest.MonkeyPatch.context() as env:
+    env.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1" if disabled else "0")
+    yield
+  jax.config.update("jax_disable_most_optimizations", previous)
+
+
 @pytest.fixture(scope="module")
 def fast_compilation():
-  """Tiny models: XLA's optimisation passes cost more than they save. A module opts in with
-  `pytestmark = pytest.mark.usefixtures("fast_compilation")`; its subprocesses get `FAST_COMPILATION_ENV`."""
-  previous = jax.config.values["jax_disable_most_optimizations"]
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+  """Tiny models: XLA's optimisation passes cost more than they save (measured per file, 2026-12-04: a third to
+  a half of the CPU of files that compile many small programs; none for the selection-heavy test_submodular).
+  A module opts in with `pytestmark = pytest.mark.usefixtures("fast_compilation")`."""
+  with _most_optimizations_disabled(True):
+    yield
+
+
+@pytest.fixture
+def optimized_compilation():
+  """For a test whose subject is the optimised program's own float32 arithmetic, which the unoptimised one does
+  not share (XLA's fast tanh reaches 1.0 at 8; the unoptimised one does not): the program users run."""
+  with _most_optimizations_disabled(False):
+    yield

@@ -13,6 +13,8 @@ from prune4rel_jax.selection import METHODS, SelectionInputs, records
 from prune4rel_jax.selection.base import class_quotas
 from test_end_to_end import quickstart_config
 
+pytestmark = pytest.mark.usefixtures("fast_compilation")
+
 MESH = parallel.make_mesh()
 N, C, D = 60, 3, 5
 

@@ -7,19 +7,21 @@ import subprocess
 import sys
 import time
 
-from test_resume import FAST_COMPILATION_ENV
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 import accelerator  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("fast_compilation")
+
 
 def test_toy_run_writes_every_row(tmp_path):
   out = tmp_path / "toy.json"
   run = subprocess.run([sys.executable, "benchmarks/accelerator.py", "--toy", "--out", str(out)], cwd=REPO,
                        capture_output=True, text=True, timeout=600,
-                       env={**os.environ, **FAST_COMPILATION_ENV, "JAX_PLATFORMS": "cpu"})
+                       env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert run.returncode == 0, run.stderr[-2000:]
   result = json.loads(out.read_text())
   assert result["device"]["platform"] == "cpu" and result["device"]["toy"]

@@ -23,6 +23,8 @@ from prune4rel_jax.config import default_config
 from prune4rel_jax.data import augment, cifar, fashion_mnist, load_dataset, pipeline, tfds_data
 from prune4rel_jax.errors import UserError
 
+pytestmark = pytest.mark.usefixtures("fast_compilation")
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

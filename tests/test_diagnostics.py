@@ -13,6 +13,8 @@ from prune4rel_jax.selection import METHODS, SelectionInputs, diagnostics, prune
 from prune4rel_jax.selection.similarity import unit_rows
 from test_prune4rel import _data, _jitted, _separated
 
+pytestmark = pytest.mark.usefixtures("fast_compilation")
+
 MESHES = {1: parallel.make_mesh(jax.devices()[:1]), 8: parallel.make_mesh()}
 
 
@@ -58,7 +60,7 @@ def test_auto_tau_is_the_smallest_tau_whose_coverage_is_at_most_the_target(eta, 
   assert diagnostics.expected_coverage(profile, conf, 24, eta)[profile.column(tau)] <= 1.0
 
 
-def test_saturation_is_where_jitted_float32_tanh_reaches_one():
+def test_saturation_is_where_jitted_float32_tanh_reaches_one(optimized_compilation):
   tanh = jax.jit(jax.numpy.tanh)
   assert tanh(np.float32(diagnostics.SATURATION)) == 1.0 > tanh(np.float32(diagnostics.SATURATION - 0.5))
 
@@ -80,7 +82,7 @@ def _report(embeddings, conf, labels, eta, tie_break="index", budget=60):
                                   budget=budget, tie_break=tie_break), result
 
 
-def test_saturating_selection_reports_its_ties_and_warns(tmp_path):
+def test_saturating_selection_reports_its_ties_and_warns(tmp_path, optimized_compilation):
   embeddings, conf, labels = _separated()
   report, result = _report(embeddings, conf, labels, eta=0.05)
   s = report.summary

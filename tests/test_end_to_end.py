@@ -8,9 +8,12 @@ import sys
 import types
 
 import numpy as np
+import pytest
 
 from prune4rel_jax import evaluate, train
 from prune4rel_jax.data import Dataset
+
+pytestmark = pytest.mark.usefixtures("fast_compilation")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -153,8 +153,7 @@ def test_run_dir_with_a_different_config_is_refused_unless_resumed_or_overwritte
   # The CLI: one error line naming the changed field, exit 2, the earlier result untouched.
   result = subprocess.run([sys.executable, "-m", "prune4rel_jax", "--config", "configs/quickstart.py",
                            "--config.epochs=2", "--config.model.small_cnn.width=8", "--workdir", str(workdir)],
-                          cwd=REPO, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"})
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
   assert result.returncode == 2
   assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: run directory")
   assert "epochs: 1 -> 2" in result.stderr and "--resume" in result.stderr and "--overwrite" in result.stderr

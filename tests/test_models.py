@@ -9,6 +9,8 @@ from prune4rel_jax.config import default_config
 from prune4rel_jax.errors import UserError
 from prune4rel_jax.models import MODELS, layers, lenet, preact_resnet, resnet, small_cnn
 
+pytestmark = pytest.mark.usefixtures("fast_compilation")
+
 
 def _num_params(module, shape):
   variables = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros(shape), train=False))

@@ -13,7 +13,10 @@ import subprocess
 import sys
 
 import numpy as np
-from test_resume import DRIVER, FAST_COMPILATION_ENV, final_params
+import pytest
+from test_resume import DRIVER, final_params
+
+pytestmark = pytest.mark.usefixtures("fast_compilation")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS = 1
@@ -24,7 +27,7 @@ FLAGS = [f"--config.epochs={EPOCHS}", "--config.model.small_cnn.width=8", "--con
 
 def _env(local_devices: int, **extra) -> dict:
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
-  return {**env, **FAST_COMPILATION_ENV, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(local_devices), **extra}
+  return {**env, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(local_devices), **extra}
 
 
 def _command(workdir) -> list[str]:

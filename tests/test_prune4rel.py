@@ -16,6 +16,8 @@ from prune4rel_jax.selection import METHODS, SelectionInputs, prune4rel
 from prune4rel_jax.selection.similarity import unit_rows
 from test_end_to_end import quickstart_config
 
+pytestmark = pytest.mark.usefixtures("fast_compilation")
+
 MESHES = {1: parallel.make_mesh(jax.devices()[:1]), 8: parallel.make_mesh()}
 
 
@@ -260,7 +262,7 @@ def test_pick_gains_and_runner_ups_match_the_reference(devices, balance):
 
 @pytest.mark.parametrize("devices", [1, 8])
 @pytest.mark.parametrize("balance", [False, True])
-def test_saturated_ties_go_by_index_or_by_the_stable_gain(devices, balance):
+def test_saturated_ties_go_by_index_or_by_the_stable_gain(devices, balance, optimized_compilation):
   """`index` (the original): at eta 0.05 every float32 gain is exactly 1 (untouched) or 0 (covered), so picks go by
   index, as in a float32 sequential loop. `gain`: at eta 0.2 clusters saturate in float32 after a few picks, and
   picks still follow the true gain (the float64 loop); there the two rules choose differently."""

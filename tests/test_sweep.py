@@ -13,6 +13,8 @@ import pytest
 
 from prune4rel_jax import sweep_report
 
+pytestmark = pytest.mark.usefixtures("fast_compilation")
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PER_LEARNER_CONFIG = f'''
@@ -35,8 +37,7 @@ def _sweep(config, workdir, *flags):
                          str(workdir), "--learners", "ce,sop_plus", "--methods", "uniform", "--fractions", "0.5",
                          "--seeds", "3", "--config.model.small_cnn.width=8",
                          "--compilation_cache", os.environ["JAX_COMPILATION_CACHE_DIR"], *flags],  # conftest's
-                        cwd=REPO, capture_output=True, text=True, timeout=600,
-                        env={**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"})
+                        cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
 def test_sweep_runs_a_grid_per_learner_and_skips_finished_cells(tmp_path):
