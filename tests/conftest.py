@@ -28,13 +28,13 @@ jax.config.update("jax_num_cpu_devices", 8)
 
 # pytest-xdist hands whole files to its workers in collection order (setup.cfg: --dist loadfile, and
 # --no-loadscope-reorder, or it would order them by their number of tests), so the files that take longest go first
-# and neither worker is left alone with a long one at the end. Order of their CPU seconds measured 2026-12-04
-# (prune4rel 238, resume 130, sweep 107, datasets 106, baselines 91, …, optim 1); a new file goes last.
-LONGEST_FIRST = ("test_prune4rel.py", "test_resume.py", "test_sweep.py", "test_datasets.py", "test_baselines.py",
-                 "test_dividemix.py", "test_benchmarks.py", "test_sop.py", "test_submodular.py", "test_models.py",
-                 "test_precision.py", "test_select_subset.py", "test_diagnostics.py", "test_hostile_input.py",
-                 "test_multihost.py", "test_device_augment.py", "test_crosscheck.py", "test_parallel.py",
-                 "test_pipeline.py", "test_end_to_end.py", "test_noise.py", "test_optim.py")
+# and neither worker is left alone with a long one at the end. Order of their seconds in the two-worker suite,
+# measured 2026-12-04 (resume 66, prune4rel 64, sweep 47, …, optim 0.2); a new file goes last.
+LONGEST_FIRST = ("test_resume.py", "test_prune4rel.py", "test_sweep.py", "test_submodular.py", "test_benchmarks.py",
+                 "test_sop.py", "test_dividemix.py", "test_multihost.py", "test_baselines.py", "test_crosscheck.py",
+                 "test_select_subset.py", "test_hostile_input.py", "test_datasets.py", "test_parallel.py",
+                 "test_device_augment.py", "test_precision.py", "test_end_to_end.py", "test_pipeline.py",
+                 "test_models.py", "test_diagnostics.py", "test_noise.py", "test_optim.py")
 
 
 def pytest_collection_modifyitems(items):

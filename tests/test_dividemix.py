@@ -15,11 +15,9 @@ from prune4rel_jax.config import default_config
 from prune4rel_jax.data import digits, pipeline
 from prune4rel_jax.data.augment import make_view
 from prune4rel_jax.errors import UserError
-from prune4rel_jax.learners import LEARNERS, dividemix
+from prune4rel_jax.learners import LEARNERS, ce, dividemix
 from prune4rel_jax.models import create_model
 from test_end_to_end import quickstart_config
-
-
 
 pytestmark = pytest.mark.usefixtures("fast_compilation")
 
@@ -65,6 +63,25 @@ def test_co_targets_mixup_and_losses_match_numpy():
   partners = dividemix.mixmatch_losses(logits[:2 * b], mixed_targets[:2 * b], 2 * b)
   np.testing.assert_allclose(partners, (want[0], 0.0, np.sum(0.25 * np.log(0.25 / probs[:2 * b].mean(0)))),
                              rtol=1e-5)
+
+
+def test_warm_up_loss_is_ce_plus_the_confidence_penalty():
+  """The warm-up step (CE's, with `penalty` for asymmetric noise) minimises mean CE + mean Σ p log p."""
+  config = default_config()
+  config.model.name, config.model.small_cnn.width = "small_cnn", 4
+  model = create_model(config.model, 10, (0.5,), (0.25,))
+  learner = LEARNERS.get("ce")(config, model, 10, parallel.make_mesh(jax.devices()[:1]))
+  state = learner.init(jax.random.key(0), (8, 8, 1), 6)
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.random((6, 8, 8, 1), np.float32), "label": rng.integers(0, 10, 6), "index": np.arange(6)}
+  (logits, _), _ = model.apply({"params": state.params, "batch_stats": state.batch_stats}, batch["image"],
+                               train=True, mutable=["batch_stats"])
+  log_probs = np.log(_softmax(np.asarray(logits, np.float64)))
+  cross_entropy = -log_probs[np.arange(6), batch["label"]].mean()
+  penalty = (np.exp(log_probs) * log_probs).sum(-1).mean()
+  for with_penalty, want in ((False, cross_entropy), (True, cross_entropy + penalty)):
+    _, metrics, _ = ce.train_step(state, batch, None, model=model, tx=learner.tx, penalty=with_penalty)
+    np.testing.assert_allclose(metrics["loss"], want, rtol=1e-5)
 
 
 def _planted_losses(n=3000, seed=0):

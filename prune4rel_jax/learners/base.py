@@ -196,6 +196,12 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=-1)[:, 0]
 
 
+def negative_entropy(logits: jax.Array) -> jax.Array:
+  """Per-example Σ_c p log p of the softmax (float32): DivideMix's warm-up penalty, DeepCore's Entropy score."""
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
+  return jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)
+
+
 def step_key(key: jax.Array, state_step: jax.Array) -> jax.Array:
   """A fresh key per step, the same on every device (big_vision's fold_in convention)."""
   return jax.random.fold_in(key, state_step)

@@ -7,11 +7,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from prune4rel_jax.learners.base import Learner, TrainState, apply_gradients, cross_entropy
+from prune4rel_jax.learners.base import Learner, TrainState, apply_gradients, cross_entropy, negative_entropy
 
 
-def train_step(state: TrainState, batch, key, *, model: nn.Module, tx: optax.GradientTransformation):
-  """One SGD step of the mean CE on the batch's noisy labels."""
+def train_step(state: TrainState, batch, key, *, model: nn.Module, tx: optax.GradientTransformation,
+               penalty: bool = False):
+  """One SGD step of the mean CE on the batch's noisy labels; with `penalty`, plus the mean Σ p log p (DivideMix's
+  warm-up confidence penalty: minimising it raises the entropy)."""
   del key
   labels = batch["label"]
 
@@ -19,7 +21,10 @@ def train_step(state: TrainState, batch, key, *, model: nn.Module, tx: optax.Gra
     (logits, _), updates = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"],
                                        train=True, mutable=["batch_stats"])
     per_example = cross_entropy(logits, labels)
-    return per_example.mean(), (updates["batch_stats"], logits, per_example)
+    loss = per_example.mean()
+    if penalty:
+      loss = loss + negative_entropy(logits).mean()
+    return loss, (updates["batch_stats"], logits, per_example)
 
   (loss, (batch_stats, logits, per_example)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   state = apply_gradients(tx, state, grads, batch_stats)

@@ -35,6 +35,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from prune4rel_jax import parallel
 from prune4rel_jax.data.pipeline import EpochData
 from prune4rel_jax.errors import UserError
+from prune4rel_jax.learners import ce
 from prune4rel_jax.learners.base import Learner, TrainState, apply_gradients, cross_entropy, step_key
 
 MIX_UNLABELLED = ("all", "partners")
@@ -96,12 +97,6 @@ def mixmatch_losses(logits: jax.Array, targets: jax.Array, labelled_rows: int):
   return loss_x, loss_u, loss_reg
 
 
-def negative_entropy(logits: jax.Array) -> jax.Array:
-  """The warm-up confidence penalty: mean over the batch of Σ_c p log p (minimising it raises entropy)."""
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
-  return jnp.mean(jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1))
-
-
 # ---- the division: a two-component GMM of the losses ----------------------------------------------------------
 def clean_probability(losses: np.ndarray, *, reg_covar: float, max_iter: int, tol: float,
                       seed: int) -> np.ndarray:
@@ -133,25 +128,8 @@ def train_step(state: DivideMixState, batch, key, *, model: nn.Module, tx: optax
   if "u_image" in batch:
     trained, metrics, per_example = co_train_step(net, state.nets[1], batch, key, model=model, tx=tx, hp=hp)
   else:
-    trained, metrics, per_example = warm_up_step(net, batch, model=model, tx=tx, penalty=penalty)
+    trained, metrics, per_example = ce.train_step(net, batch, key, model=model, tx=tx, penalty=penalty)
   return state.replace(nets=(state.nets[0].replace(train=trained), state.nets[1])), metrics, per_example
-
-
-def warm_up_step(net: TrainState, batch, *, model: nn.Module, tx: optax.GradientTransformation, penalty: bool):
-  """CE on the noisy labels, plus the confidence penalty (negative entropy) where `penalty`."""
-  labels = batch["label"]
-
-  def loss_fn(params):
-    (logits, _), updates = model.apply({"params": params, "batch_stats": net.batch_stats}, batch["image"],
-                                       train=True, mutable=["batch_stats"])
-    per_example = cross_entropy(logits, labels)
-    loss = per_example.mean() + (negative_entropy(logits) if penalty else 0.0)
-    return loss, (updates["batch_stats"], logits, per_example)
-
-  (loss, (batch_stats, logits, per_example)), grads = jax.value_and_grad(loss_fn, has_aux=True)(net.params)
-  correct = jnp.argmax(logits, -1) == labels
-  return (apply_gradients(tx, net, grads, batch_stats), {"loss": loss, "accuracy": correct.mean()},
-          {"index": batch["index"], "correct": correct, "loss": per_example})
 
 
 def co_train_step(net: TrainState, peer: Network, batch, key, *, model: nn.Module, tx: optax.GradientTransformation,

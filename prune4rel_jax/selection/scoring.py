@@ -8,7 +8,7 @@ import numpy as np
 
 from prune4rel_jax import parallel
 from prune4rel_jax.errors import UserError
-from prune4rel_jax.learners.base import cross_entropy
+from prune4rel_jax.learners.base import cross_entropy, negative_entropy
 from prune4rel_jax.selection.base import Method, SelectionInputs, class_quotas, rank_select
 
 
@@ -25,11 +25,6 @@ class SmallLoss(Method):
 def least_confidence(logits: jax.Array) -> jax.Array:
   """DeepCore ranks by the largest *raw logit*, not the largest probability."""
   return logits.max(-1)
-
-
-def negative_entropy(logits: jax.Array) -> jax.Array:
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
-  return jnp.sum(jnp.exp(log_probs) * log_probs, -1)
 
 
 def margin(logits: jax.Array) -> jax.Array:
