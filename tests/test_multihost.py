@@ -49,8 +49,9 @@ def _results(workdir):
 
 
 def test_two_processes_train_the_same_parameters_as_one(tmp_path):
-  # The three runs go on at once; the two processes keep out of the suite's compilation cache, whose writes are not
-  # atomic, so that neither reads an entry another is still writing.
+  # The three runs go on at once; the two processes keep out of the suite's compilation cache. JAX writes its
+  # entries in place, and a process that reads one still being written warns and compiles anew (harmless, as in
+  # the sweep's parallel workers), but process 1 must print nothing but the collectives' lines.
   port = _free_port()
   processes = [subprocess.Popen(_command(tmp_path / "two"), cwd=REPO, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True,
