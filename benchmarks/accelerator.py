@@ -1,6 +1,7 @@
 """The figures to take when an accelerator is lent, in one command within a time budget (default 8 minutes).
 
   python benchmarks/accelerator.py --out accelerator.json     # sized from the device it finds
+  # on jax 0.11.2's GPU compiler prefix XLA_FLAGS=--xla_gpu_enable_triton_gemm=false (benchmarks/README.md)
   python benchmarks/accelerator.py --toy --out /tmp/toy.json  # toy sizes (the default on CPU), as its test runs it
 
 Sizes come from the first device (`plan`); the rows, in the order they run:
