@@ -47,10 +47,12 @@ def _most_optimizations_disabled(disabled: bool):
   """In this process and, through the environment, in every CLI a test starts."""
   previous = jax.config.values["jax_disable_most_optimizations"]
   jax.config.update("jax_disable_most_optimizations", disabled)
-  with pytest.MonkeyPatch.context() as env:
-    env.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1" if disabled else "0")
-    yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+  try:
+    with pytest.MonkeyPatch.context() as env:
+      env.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1" if disabled else "0")
+      yield
+  finally:
+    jax.config.update("jax_disable_most_optimizations", previous)
 
 
 @pytest.fixture(scope="module")
